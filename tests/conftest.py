@@ -1,0 +1,145 @@
+"""Shared fixtures: tiny random Llama models and a ChatML BPE tokenizer built at test time.
+
+Nothing is downloaded: the tokenizer is a 512-token byte-level BPE trained in well under a second
+on text in this file, and the models are random 2-layer Llamas (about 0.5 MB).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "Give me three tips for staying healthy. Eat well, sleep enough and move every day.",
+    "Explain why the sky is blue. Sunlight scatters off air molecules, and blue light scatters most.",
+    "Write a short poem about the sea. The waves roll in, the gulls cry out, the tide goes back again.",
+    "How do I sort a list in Python? Use sorted(items) or items.sort() for an in-place sort.",
+    "What is the capital of France? The capital of France is Paris.",
+    "List five fruits: apple, banana, cherry, mango and pear.",
+    "Summarise the plot of a detective story in two sentences.",
+    "If a train travels 60 km in one hour, how far does it travel in three hours? 180 km.",
+] * 4
+
+
+def build_tokenizer(out_dir: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_llama(out_dir: Path, tokenizer, seed: int = 0, num_labels: int | None = None):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    if num_labels is None:
+        model = LlamaForCausalLM(LlamaConfig(**kwargs))
+    else:
+        model = LlamaForSequenceClassification(LlamaConfig(num_labels=num_labels, **kwargs))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny random LlamaForCausalLM + ChatML tokenizer saved as a plain HF folder (pi_0 = mu)."""
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("tiny_llama")
+    build_tiny_llama(d, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_b(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A second tiny Llama with other random weights (e.g. pi_t != mu)."""
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("tiny_llama_b")
+    build_tiny_llama(d, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), seed=1)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny random LlamaForSequenceClassification with one label (a reward model)."""
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("tiny_rm")
+    build_tiny_llama(d, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), seed=2, num_labels=1)
+    return d
+
+
+@pytest.fixture
+def copy_model(tmp_path):
+    """Copy a model folder into the test's tmp dir (for tests that write into it)."""
+
+    def _copy(src: Path, name: str = "model") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst
+
+    return _copy
+
+
+@pytest.fixture(scope="session")
+def alpaca_eval_dir() -> Path:
+    d = SHARED / "data" / "alpaca_eval"
+    if not (d / "eval_set.json").exists():
+        pytest.skip("../shared/data/alpaca_eval is absent")
+    return d
