@@ -52,7 +52,9 @@ def _check_mixture(mixture: Any, where: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for term, lam in mixture.items():
         if term not in REGULARIZER_TERMS:
-            raise ValueError(f"{where}: unknown regularizer term {term!r}; allowed terms: {list(REGULARIZER_TERMS)}")
+            raise ValueError(
+                f"{where}: unknown regularizer term {term!r}; allowed terms: {list(REGULARIZER_TERMS)}"
+            )
         if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"{where}: coefficient of {term!r} must be a finite number >= 0, got {lam!r}")
         out[term] = float(lam)
@@ -71,7 +73,9 @@ def resolve_regularizer(
     for name, mix in (custom or {}).items():
         mix = _check_mixture(mix, f"regularizer {name!r}")
         if name in named and named[name] != mix:
-            raise ValueError(f"regularizer {name!r} is a preset ({named[name]}); give your mixture another name")
+            raise ValueError(
+                f"regularizer {name!r} is a preset ({named[name]}); give your mixture another name"
+            )
         named[name] = mix
     if isinstance(regularizer, str):
         if regularizer not in named:
@@ -102,7 +106,9 @@ class LossOutput(NamedTuple):
 def _check_pairs(name: str, t: torch.Tensor, batch: int | None) -> None:
     if t.ndim != 2 or t.shape[1] != 2 or (batch is not None and t.shape[0] != batch):
         want = f"({batch}, 2)" if batch is not None else "(B, 2)"
-        raise ValueError(f"{name} must have shape {want} (column 0 = chosen, 1 = rejected), got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape {want} (column 0 = chosen, 1 = rejected), got {tuple(t.shape)}"
+        )
 
 
 def rspo_loss(
@@ -149,7 +155,9 @@ def rspo_loss(
             raise ValueError(f"ref_sample_nll must have shape ({batch},), got {tuple(ref_sample_nll.shape)}")
         terms["forward_kl"] = ref_sample_nll.mean()
     elif lambdas.get("forward_kl", 0.0) > 0:
-        raise ValueError("the forward_kl regularizer needs ref_sample_nll (NLL under pi_theta of mu's samples)")
+        raise ValueError(
+            "the forward_kl regularizer needs ref_sample_nll (NLL under pi_theta of mu's samples)"
+        )
 
     loss = sppo
     for term, lam in lambdas.items():

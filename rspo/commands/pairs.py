@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--responses", required=True, type=Path, help="responses table (K per prompt)")
     parser.add_argument("--preferences", required=True, type=Path, help="preferences table (K x K logits)")
     parser.add_argument("--out", required=True, type=Path, help="pairs table to write")
-    parser.add_argument("--stats", type=Path, default=None, help="stats JSON to write (counts, mean win rates)")
+    parser.add_argument(
+        "--stats", type=Path, default=None, help="stats JSON to write (counts, mean win rates)"
+    )
 
 
 def build_pairs(
@@ -49,7 +51,9 @@ def build_pairs(
             raise ArtifactError(f"{responses_path}: prompt_id {pid!r} appears twice")
         seen.add(pid)
         if pid not in prefs:
-            raise ArtifactError(f"{preferences_path}: no preference row for prompt_id {pid!r} of {responses_path}")
+            raise ArtifactError(
+                f"{preferences_path}: no preference row for prompt_id {pid!r} of {responses_path}"
+            )
         candidates = row["responses"]
         logits = prefs[pid]["logits"]
         k = len(candidates)
