@@ -1,0 +1,118 @@
+"""PairRM all-pairs scoring: batched (rspo) against one pair at a time (the authors' rank.py), on CPU.
+
+A small random DeBERTa-v2 backbone (the PairRM architecture at a reduced size, random weights, a
+Unigram tokenizer built on the spot) scores all K(K-1) ordered pairs of each prompt twice:
+
+* ``one-at-a-time``: each pair tokenized and run alone (batch size 1), as LLM-Blender's
+  ``Blender.rank(..., batch_size=1)`` in SPPO's ``rank.py``;
+* ``batched``: rspo's ``PairRMScorer.score_pairs`` -- each prompt and candidate tokenized once,
+  rows sorted by length and run ``--batch-size`` at a time.
+
+Prints pairs/second of both, their ratio and the largest difference between the two sets of logits.
+Usage: ``python benchmarks/pairrm_throughput.py [--prompts 8] [--k 5] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+import tempfile
+import time
+
+
+def build_scorer(hidden: int, layers: int, heads: int, seed: int = 0):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DebertaV2Config, DebertaV2Tokenizer
+
+    from rspo.preference.pairrm import PREFIX_TOKENS, PairRMModel, load_pairrm
+
+    vocab = [("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + c, -3.0) for c in string.ascii_lowercase]
+    vocab += [(c, -4.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    vocab += [("\u2581" + w, -1.0) for w in WORDS]
+    tok = DebertaV2Tokenizer(vocab=vocab)
+    tok.add_tokens(PREFIX_TOKENS)
+    cfg = DebertaV2Config(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, relative_attention=True, position_buckets=256, max_relative_positions=-1,
+        position_biased_input=False, type_vocab_size=0, norm_rel_ebd="layer_norm", pos_att_type="p2c|c2p",
+        share_att_key=True, layer_norm_eps=1e-7, pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = PairRMModel(cfg)
+    folder = tempfile.mkdtemp(prefix="pairrm-bench-")
+    tok.save_pretrained(folder)
+    cfg.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{folder}/model.safetensors")
+    return load_pairrm(folder, device="cpu", dtype="fp32")
+
+
+WORDS = (
+    "the a of and to in is you that it for on with as are this be by at or from have an they which one "
+    "can more your water light energy plants eat sleep move day time people work first second simple "
+    "example because when use make good way also help long body system data python list function value"
+).split()
+
+
+def make_prompts(n: int, k: int, seed: int = 0):
+    rng = random.Random(seed)
+
+    def text(lo, hi):
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) + "."
+
+    return [(text(10, 30), [text(40, 160) for _ in range(k)]) for _ in range(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N runs per mode")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    scorer = build_scorer(args.hidden, args.layers, args.heads)
+    data = make_prompts(args.prompts, args.k)
+    triples = [(p, c[i], c[j]) for p, c in data for i in range(args.k) for j in range(args.k) if i != j]
+
+    def one_at_a_time():
+        return np.array([scorer.score_pairs([t], batch_size=1)[0] for t in triples])
+
+    def batched():
+        return scorer.score_pairs(triples, batch_size=args.batch_size)
+
+    results = {}
+    for name, fn in (("one-at-a-time", one_at_a_time), ("batched", batched)):
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - start)
+        results[name] = (best, out)
+    t1, ref = results["one-at-a-time"]
+    tb, out = results["batched"]
+    lengths = [len(r[0]) for r in scorer.rows(triples)]
+    report = {
+        "pairs": len(triples), "k": args.k, "prompts": args.prompts, "tokens_per_pair_mean": float(np.mean(lengths)),
+        "backbone": f"deberta-v2 hidden {args.hidden}, {args.layers} layers, {args.heads} heads",
+        "threads": args.threads, "batch_size": args.batch_size,
+        "one_at_a_time_pairs_per_s": len(triples) / t1, "batched_pairs_per_s": len(triples) / tb,
+        "ratio": t1 / tb, "max_abs_logit_diff": float(np.abs(out - ref).max()),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

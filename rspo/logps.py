@@ -1,0 +1,233 @@
+"""Sequence log-probs of responses: tokenization, truncation, masking and batched scoring.
+
+One code path serves both the log-prob cache step (``rspo logps``: log pi_t and log mu of every
+chosen/rejected response, computed once) and the trainer (log pi_theta inside the loss), so the
+numbers the cache stores and the numbers the trainer computes come from the same tokens:
+
+* the prompt is formatted with :func:`rspo.chat.encode_prompt` (the model's chat template, exactly
+  as generation formats it; no extra BOS);
+* the response is tokenized on its own (``add_special_tokens=False``) and the tokenizer's EOS is
+  appended, as TRL-0.9.6 ``DPOTrainer.tokenize_row`` (the authors' trainer) does: the EOS token
+  COUNTS as a response token;
+* truncation is ``tokenize_row``'s, applied to a group of responses sharing a prompt (the chosen and
+  rejected of a pair): if ``prompt + longest response > max_length`` the prompt keeps its last
+  ``max_prompt_length`` tokens; if still too long, every response of the group is cut to its first
+  ``max_length - max_prompt_length`` tokens (a cut response loses its EOS);
+* labels are the input ids with prompt and padding positions set to -100; batches are right-padded;
+  ``log p(y | x) = sum_t log softmax(logits_{t-1})[y_t]`` over the labelled positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One prompt + response token sequence; ``input_ids[prompt_len:]`` is the response (+ EOS)."""
+
+    input_ids: tuple[int, ...]
+    prompt_len: int
+
+    @property
+    def num_response_tokens(self) -> int:
+        return len(self.input_ids) - self.prompt_len
+
+
+def encode_group(
+    tokenizer, prompt: str, responses: Sequence[str], *, max_length: int, max_prompt_length: int
+) -> list[Encoded]:
+    """Tokenize ``responses`` after one chat-formatted ``prompt`` with the authors' truncation rule.
+
+    The rule is decided once for the whole group (TRL's ``longer_response_length``), so the chosen and
+    rejected of a pair are truncated together; see the module docstring.
+    """
+    from rspo.chat import encode_prompt
+
+    if not 0 < max_prompt_length < max_length:
+        raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token (it is appended to every response)")
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    resp_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in responses]
+    longest = max((len(r) for r in resp_ids), default=0)
+    if len(prompt_ids) + longest > max_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    if len(prompt_ids) + longest > max_length:
+        resp_ids = [r[: max_length - max_prompt_length] for r in resp_ids]
+    return [Encoded(tuple(prompt_ids) + tuple(r), len(prompt_ids)) for r in resp_ids]
+
+
+def collate(seqs: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on prompt and padding)."""
+    import torch
+
+    width = max(len(s.input_ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        n = len(s.input_ids)
+        ids[i, :n] = torch.tensor(s.input_ids, dtype=torch.long)
+        mask[i, :n] = 1
+        labels[i, s.prompt_len : n] = ids[i, s.prompt_len : n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the labelled tokens of each row, and their counts: two (N,) tensors.
+
+    ``batch`` holds right-padded ``input_ids``, ``attention_mask`` and ``labels`` (see
+    :func:`collate`) on the model's device. The output layer runs only from the first position that
+    predicts a response token (``logits_to_keep``, where the model's forward takes it), and the
+    log-softmax is taken in fp32 at labelled positions only. Differentiable w.r.t. the model.
+    """
+    import torch
+
+    labels = batch["labels"]
+    width = labels.shape[1]
+    kwargs = {}
+    if _takes_logits_to_keep(model):
+        cols = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+        kwargs["logits_to_keep"] = width - (int(cols[0]) if len(cols) else 0)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs)
+    logits = out.logits  # positions width - k .. width - 1
+    first = width - logits.shape[1]
+    targets = labels[:, first + 1 :]  # the token each kept position (but the last) predicts
+    keep = targets != IGNORE_INDEX
+    rows = keep.nonzero(as_tuple=True)[0]
+    picked = logits[:, :-1][keep].float()  # (tokens, vocab)
+    token_logps = picked.log_softmax(dim=-1).gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
+    return sums, keep.sum(dim=1)
+
+
+def _takes_logits_to_keep(model) -> bool:
+    import inspect
+
+    inner = getattr(model, "module", model)  # DDP / DeepSpeed / FSDP wrappers pass keyword arguments on
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def resolve_precision(precision: str) -> str:
+    """``TrainConfig.precision`` -> accelerate's ``mixed_precision``: ``auto`` = bf16 on GPU, fp32 on CPU."""
+    import torch
+
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    if precision in ("fp32", "no"):
+        return "no"
+    if precision == "bf16":
+        return "bf16"
+    from rspo.config import ConfigError
+
+    raise ConfigError(f"unknown precision {precision!r}; allowed: auto, fp32, bf16")
+
+
+def autocast(mixed_precision: str, device) -> contextlib.AbstractContextManager:
+    """The forward context the trainer's Accelerator uses: bf16 autocast over fp32 weights, or nothing."""
+    import torch
+
+    if mixed_precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- the cache step
+
+
+def score(
+    model,
+    seqs: Sequence[Encoded],
+    *,
+    pad_id: int,
+    batch_size: int,
+    mixed_precision: str = "no",
+    desc: str = "logps",
+) -> tuple[list[float], list[int]]:
+    """``sequence_logps`` of many sequences without gradients: (sums, counts) in input order.
+
+    Sequences are scored longest first (little padding; an out-of-memory shows in the first batch).
+    """
+    import torch
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
+    sums: list[float] = [0.0] * len(seqs)
+    counts: list[int] = [0] * len(seqs)
+    with torch.no_grad(), tqdm(total=len(seqs), desc=desc, unit="seq") as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id).items()}
+            with autocast(mixed_precision, device):
+                s, c = sequence_logps(model, batch)
+            for i, si, ci in zip(idx, s.tolist(), c.tolist()):
+                sums[i], counts[i] = si, ci
+            bar.update(len(idx))
+    return sums, counts
+
+
+def encode_pairs(tokenizer, rows: Sequence[dict], *, max_length: int, max_prompt_length: int) -> list[Encoded]:
+    """``[chosen_0, rejected_0, chosen_1, rejected_1, ...]`` of ``pairs`` rows, truncated pairwise."""
+    seqs: list[Encoded] = []
+    for row in rows:
+        seqs.extend(
+            encode_group(
+                tokenizer,
+                row["prompt"],
+                [row["chosen"], row["rejected"]],
+                max_length=max_length,
+                max_prompt_length=max_prompt_length,
+            )
+        )
+    return seqs
+
+
+def pair_logps(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    batch_size: int,
+    mixed_precision: str = "no",
+    desc: str = "logps",
+) -> list[dict[str, float | int]]:
+    """Per ``pairs`` row: ``logp_chosen``, ``logp_rejected`` (sums) and ``chosen_tokens``, ``rejected_tokens``."""
+    seqs = encode_pairs(tokenizer, rows, max_length=max_length, max_prompt_length=max_prompt_length)
+    sums, counts = score(
+        model, seqs, pad_id=pad_token_id(tokenizer), batch_size=batch_size, mixed_precision=mixed_precision, desc=desc
+    )
+    return [
+        {
+            "logp_chosen": sums[2 * i],
+            "logp_rejected": sums[2 * i + 1],
+            "chosen_tokens": counts[2 * i],
+            "rejected_tokens": counts[2 * i + 1],
+        }
+        for i in range(len(rows))
+    ]
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used for padding (any id works: padded positions are masked); EOS when there is no pad."""
+    pid = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pid is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token")
+    return pid
