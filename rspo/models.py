@@ -151,33 +151,36 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
 
     log = logging.getLogger(__name__)
     out_dir = Path(out_dir).expanduser()
+    marker = out_dir / CONVERSION_MARKER
+    if out_dir.exists() and not force and not marker.is_file() and any(out_dir.iterdir()):
+        raise RSPOError(
+            f"{out_dir} exists and was not written by rspo prepare-models (no {CONVERSION_MARKER}); "
+            "remove it or pass --force"
+        )
     gguf = smollm2_gguf_path()
     sha = file_sha256(gguf)
-    marker = out_dir / CONVERSION_MARKER
-    if out_dir.exists() and not force:
-        if marker.is_file():
-            try:
-                recorded = json.loads(marker.read_text()).get("gguf_sha256")
-            except (json.JSONDecodeError, AttributeError):
-                recorded = None
-            if recorded == sha:
-                log.info("%s is already converted from %s (sha256 %s…); nothing to do", out_dir, gguf.name, sha[:12])
-                return out_dir
-            log.info("%s was converted from another GGUF (sha256 %s); converting again", out_dir, recorded)
-        elif any(out_dir.iterdir()):
-            raise RSPOError(
-                f"{out_dir} exists and was not written by rspo prepare-models (no {CONVERSION_MARKER}); "
-                "remove it or pass --force"
-            )
+    if not force and marker.is_file():
+        try:
+            recorded = json.loads(marker.read_text()).get("gguf_sha256")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded == sha:
+            log.info("%s is already converted from %s (sha256 %s…); nothing to do", out_dir, gguf.name, sha[:12])
+            return out_dir
+        log.info("%s was converted from another GGUF (sha256 %s); converting again", out_dir, recorded)
     if sha != SMOLLM2_GGUF_SHA256:
         log.warning("%s has sha256 %s, not the %s one (%s)", gguf, sha, SMOLLM2_WHEEL, SMOLLM2_GGUF_SHA256)
 
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rspo import __version__
 
     start = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary shared folder
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -187,15 +190,13 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
         model.hf_quantizer = None
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        from rspo import __version__
-
         info = {
             "source": SMOLLM2_WHEEL,
             "gguf_file": gguf.name,
             "gguf_sha256": sha,
             "dtype": "float32",
             "rspo_version": __version__,
-            "transformers_version": __import__("transformers").__version__,
+            "transformers_version": transformers.__version__,
             "seconds": round(time.perf_counter() - start, 1),
         }
         (tmp / CONVERSION_MARKER).write_text(json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,29 @@
+"""``rspo generate``: sample K responses per prompt (transformers or vllm backend)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or hub id (the policy that samples)")
+    parser.add_argument("--prompts", required=True, help="prompts table (rspo prepare-prompts)")
+    parser.add_argument("--out", required=True, help="responses table to write")
+    parser.add_argument("--params", default=None, help="GenerateConfig as JSON, or @file.yaml (default: defaults)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    import logging
+
+    from rspo.artifacts import read_table, write_table
+    from rspo.config import GenerateConfig, parse_params
+    from rspo.generation import check_config, generate
+
+    cfg = parse_params(args.params, GenerateConfig)
+    check_config(cfg)
+    prompts = read_table(args.prompts, "prompts")
+    rows = generate(args.model, prompts, cfg, progress=not args.no_progress)
+    n = write_table(args.out, rows, "responses")
+    logging.getLogger("rspo.generate").info(
+        "wrote %d prompts x %d responses (%s backend) to %s", n, cfg.sampling.n, cfg.backend, args.out
+    )
+    return 0
