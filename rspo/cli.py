@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rspo", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rspo {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice). Set it to the cores the step may use: "
+        "oversubscribed threads slow CPU generation down by an order of magnitude",
+    )
     sub = parser.add_subparsers(dest="command", metavar="STEP")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -51,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_threads(n: int) -> None:
+    """Limit torch's intra-op threads (and OpenMP/MKL's) to ``n``."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.threads:
+        set_threads(args.threads)
     if getattr(args, "_missing", False):
         print(f"rspo {args.command}: this step is not available in this installation", file=sys.stderr)
         return 2

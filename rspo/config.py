@@ -99,7 +99,7 @@ class TrainConfig:
     max_prompt_length: int = 512
     precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU | fp32 | bf16
     gradient_checkpointing: bool = False
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = 1.0  # HF Trainer's default, in force in the authors' recipe
     seed: int = 42
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = only at the end)
     logps_batch_size: int = 8  # batch size of the log-prob cache step

@@ -100,7 +100,7 @@ class LossOutput(NamedTuple):
 
     def metrics(self) -> dict[str, float]:
         """Every field as a Python float (forward_kl omitted when absent), for the training log."""
-        return {k: float(v) for k, v in self._asdict().items() if v is not None}
+        return {k: float(v.detach()) for k, v in self._asdict().items() if v is not None}
 
 
 def _check_pairs(name: str, t: torch.Tensor, batch: int | None) -> None:

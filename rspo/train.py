@@ -537,7 +537,7 @@ def train(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-            for k, v in out._replace(loss=out.loss.detach()).metrics().items():
+            for k, v in out.metrics().items():
                 sums[k] = sums.get(k, 0.0) + v / len(micro)
         keys = sorted(sums)
         means = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=accelerator.device), "mean")
