@@ -5,11 +5,12 @@ Unigram tokenizer built on the spot) scores all K(K-1) ordered pairs of each pro
 
 * ``one-at-a-time``: each pair tokenized and run alone (batch size 1), as LLM-Blender's
   ``Blender.rank(..., batch_size=1)`` in SPPO's ``rank.py``;
-* ``batched``: rspo's ``PairRMScorer.score_pairs`` -- each prompt and candidate tokenized once,
-  rows sorted by length and run ``--batch-size`` at a time.
+* ``batched N``: rspo's ``PairRMScorer.score_pairs`` -- each prompt and candidate tokenized once,
+  rows sorted by length and run N at a time (right-padded to the longest row of the batch).
 
-Prints pairs/second of both, their ratio and the largest difference between the two sets of logits.
-Usage: ``python benchmarks/pairrm_throughput.py [--prompts 8] [--k 5] [--threads 2]``.
+Prints pairs/second (process CPU time and wall time, best of ``--repeats``) of each mode, the ratio
+to one-at-a-time, and the largest difference between their logits.
+Usage: ``python benchmarks/pairrm_throughput.py [--markdown] [--hidden 128 --layers 2] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", default="4,8,16,32", help="batched mode: rows per forward")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is robust on a shared machine)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs per mode")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     args = parser.parse_args()
 
     import numpy as np
@@ -89,29 +91,48 @@ def main() -> None:
     def one_at_a_time():
         return np.array([scorer.score_pairs([t], batch_size=1)[0] for t in triples])
 
-    def batched():
-        return scorer.score_pairs(triples, batch_size=args.batch_size)
+    modes = [("one-at-a-time", one_at_a_time)]
+    for bs in (int(b) for b in args.batch_sizes.split(",")):
+        modes.append((f"batched {bs}", lambda bs=bs: scorer.score_pairs(triples, batch_size=bs)))
 
     results = {}
-    for name, fn in (("one-at-a-time", one_at_a_time), ("batched", batched)):
+    for name, fn in modes:
         fn()  # warm-up
-        best = float("inf")
+        best_wall = best_cpu = float("inf")
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             out = fn()
-            best = min(best, time.perf_counter() - start)
-        results[name] = (best, out)
-    t1, ref = results["one-at-a-time"]
-    tb, out = results["batched"]
+            best_wall = min(best_wall, time.perf_counter() - wall)
+            best_cpu = min(best_cpu, time.process_time() - cpu)
+        results[name] = {"cpu_pairs_per_s": len(triples) / best_cpu, "wall_pairs_per_s": len(triples) / best_wall,
+                         "logits": out}
+    ref = results["one-at-a-time"]
     lengths = [len(r[0]) for r in scorer.rows(triples)]
-    report = {
-        "pairs": len(triples), "k": args.k, "prompts": args.prompts, "tokens_per_pair_mean": float(np.mean(lengths)),
+    header = {
+        "pairs": len(triples), "k": args.k, "prompts": args.prompts,
+        "tokens_per_pair": [int(min(lengths)), float(np.mean(lengths)), int(max(lengths))],
         "backbone": f"deberta-v2 hidden {args.hidden}, {args.layers} layers, {args.heads} heads",
-        "threads": args.threads, "batch_size": args.batch_size,
-        "one_at_a_time_pairs_per_s": len(triples) / t1, "batched_pairs_per_s": len(triples) / tb,
-        "ratio": t1 / tb, "max_abs_logit_diff": float(np.abs(out - ref).max()),
+        "threads": args.threads,
     }
-    print(json.dumps(report, indent=2))
+    table = {
+        name: {
+            "cpu_pairs_per_s": r["cpu_pairs_per_s"], "wall_pairs_per_s": r["wall_pairs_per_s"],
+            "cpu_ratio": r["cpu_pairs_per_s"] / ref["cpu_pairs_per_s"],
+            "wall_ratio": r["wall_pairs_per_s"] / ref["wall_pairs_per_s"],
+            "max_abs_logit_diff": float(np.abs(r["logits"] - ref["logits"]).max()),
+        }
+        for name, r in results.items()
+    }
+    if not args.markdown:
+        print(json.dumps({**header, "modes": table}, indent=2))
+        return
+    print(f"{header['backbone']}, {args.threads} thread(s), {len(triples)} ordered pairs "
+          f"({args.prompts} prompts x K={args.k}), tokens per pair min/mean/max {header['tokens_per_pair']}\n")
+    print("| mode | pairs/s (CPU time) | ratio | pairs/s (wall) | ratio | max abs logit diff |")
+    print("|---|---|---|---|---|---|")
+    for name, r in table.items():
+        print(f"| {name} | {r['cpu_pairs_per_s']:.1f} | {r['cpu_ratio']:.2f}x | {r['wall_pairs_per_s']:.1f} | "
+              f"{r['wall_ratio']:.2f}x | {r['max_abs_logit_diff']:.1e} |")
 
 
 if __name__ == "__main__":

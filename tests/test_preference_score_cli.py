@@ -1,0 +1,69 @@
+"""``rspo score``: responses table -> preferences table, for any judge, with the cache."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+
+from rspo.artifacts import read_table, write_table
+from rspo.cli import main
+from rspo.config import JudgeConfig
+from rspo.preference import get_judge
+
+ROWS = [
+    ("p1", "Give me three tips for staying healthy.", ["Eat well and sleep.", "Sleep.", "Paris is in France."]),
+    ("p2", "What is 2 + 2?", ["4", "Four.", "It is 5.", "2 + 2 = 4."]),
+]
+
+
+def _responses(path, rows=ROWS):
+    write_table(path, [
+        {"prompt_id": pid, "prompt": p, "responses": c, "num_tokens": [1] * len(c),
+         "finish_reasons": ["stop"] * len(c), "generator": "test", "sampling": {"n": len(c)}}
+        for pid, p, c in rows
+    ], "responses")
+
+
+def test_score_writes_one_matrix_per_prompt_and_reuses_the_cache(tiny_reward_model_dir, tmp_path):
+    _responses(tmp_path / "responses.jsonl")
+    cache = tmp_path / "cache"
+    params = json.dumps({"name": "reward_model", "model": str(tiny_reward_model_dir), "cache_dir": str(cache)})
+    out = tmp_path / "preferences.jsonl"
+    assert main(["score", "--responses", str(tmp_path / "responses.jsonl"), "--out", str(out), "--params", params]) == 0
+    rows = read_table(out, "preferences")
+    judge = get_judge(JudgeConfig(name="reward_model", model=str(tiny_reward_model_dir)))
+    assert [r["prompt_id"] for r in rows] == ["p1", "p2"]
+    assert [r["K"] for r in rows] == [3, 4]
+    for row, (_, prompt, cands) in zip(rows, ROWS):
+        assert row["judge"] == judge.name
+        np.testing.assert_allclose(np.array(row["logits"]), judge.compare(prompt, cands), atol=1e-5)
+
+    # a rescoring reads every judgement from the cache: same output, no new cache rows
+    with sqlite3.connect(cache / "judgements.sqlite") as conn:
+        before = conn.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
+    assert before == 7  # one reward per distinct (prompt, response)
+    out2 = tmp_path / "again.jsonl"
+    assert main(["score", "--responses", str(tmp_path / "responses.jsonl"), "--out", str(out2), "--params", params]) == 0
+    assert read_table(out2, "preferences") == rows
+    with sqlite3.connect(cache / "judgements.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM judgements").fetchone()[0] == before
+
+
+def test_score_errors(tmp_path, capsys):
+    _responses(tmp_path / "dup.jsonl", ROWS + [ROWS[0]])
+    out = tmp_path / "p.jsonl"
+    assert main(["score", "--responses", str(tmp_path / "dup.jsonl"), "--out", str(out)]) == 1
+    assert "appears twice" in capsys.readouterr().err
+    _responses(tmp_path / "ok.jsonl")
+    assert main(["score", "--responses", str(tmp_path / "ok.jsonl"), "--out", str(out),
+                 "--params", '{"name": "gpt5"}']) == 1
+    assert "unknown judge" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_default_judge_is_the_embedded_one():
+    judge = get_judge(JudgeConfig())
+    assert judge.name == "embedded-minilm-v1"
+    assert judge.scale == 5.0  # JudgeConfig.beta
