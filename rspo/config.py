@@ -77,7 +77,7 @@ class JudgeConfig:
     name: str = "embedded"
     model: str | None = None  # local path or hub id (pairrm / reward_model / llm)
     batch_size: int = 8
-    beta: float = 5.0  # scale of score differences -> logits (embedded / reward_model)
+    beta: float = 5.0  # scale of score differences -> logits (embedded judge)
     cache_dir: str | None = None  # on-disk cache of pair judgements
     options: dict[str, Any] = field(default_factory=dict)  # judge-specific extras
 

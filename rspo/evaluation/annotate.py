@@ -35,11 +35,14 @@ def is_switched(instruction: str, seed: int) -> bool:
 
 
 def judge_p_second(judge) -> PSecond:
-    """Adapter for an ``rspo.preference`` judge: ``compare(prompt, [a, b])`` -> P(b beats a) = sigmoid(M[1, 0])."""
+    """Adapter for an ``rspo.preference`` judge: ``compare(prompt, [a, b])`` -> P(b beats a)
+    = sigmoid((M[1, 0] - M[0, 1]) / 2), the order-debiased logit (equal to M[1, 0] for every judge
+    whose matrix is antisymmetric; for PairRM it removes the position bias)."""
+    from rspo.preference import debiased_logit
 
     def p_second(triples: list[tuple[str, str, str]]) -> list[float]:
         mats = judge.compare_many([t[0] for t in triples], [[t[1], t[2]] for t in triples])
-        return [float(1.0 / (1.0 + np.exp(-float(m[1][0])))) for m in mats]
+        return [float(1.0 / (1.0 + np.exp(-float(debiased_logit(np.asarray(m), 1, 0))))) for m in mats]
 
     return p_second
 
