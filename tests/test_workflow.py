@@ -1,0 +1,407 @@
+"""The Snakemake workflow: dry runs for every `reg`, config validation, lint/format, the SLURM
+profile, and an end-to-end run on tiny random models (no-op rerun, one-hyperparameter rerun,
+report).
+
+Snakemake runs as a subprocess (`python -m snakemake`) from the repository root with
+`--directory` a temporary folder, so no test reads or writes the repository's results/ or
+.snakemake/. Expected job counts are worked out by hand from docs/pipeline.md's layout:
+iteration 1 is sampled from pi_0 once (results/base/), iterations 2..T per regularizer; every
+regularizer trains T iterates; pi_0 is evaluated once and each pi_t (t >= 1) per regularizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "tests" / "workflow_config_tiny.yaml"
+PRESETS = ["none", "reverse_kl", "forward_kl", "is_forward_kl", "chi2", "mixed"]
+
+
+def smk(workdir: Path, *args: str, timeout: int = 600) -> tuple[int, str]:
+    """Run snakemake from the repository root on `workdir`; returns (exit code, stdout + stderr)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # rule shells call `python -m rspo`: the interpreter running the tests must come first on PATH
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--directory", str(workdir), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run as {rule: count} (without the total)."""
+    match = re.search(r"^Job stats:\n(.*?)\n\s*\n", out, re.M | re.S)
+    assert match, out
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", match.group(1), re.M))
+    counts.pop("total", None)
+    return {rule: int(n) for rule, n in counts.items()}
+
+
+def shell_commands(out: str, rule: str) -> list[str]:
+    """Shell commands of every planned job of `rule` (dry run with -p)."""
+    blocks = re.findall(rf"^rule {rule}:\n(.*?)(?=^\[|\Z)", out, re.M | re.S)
+    return [line for b in blocks for line in b.splitlines() if line.startswith("Shell command: ")]
+
+
+def make_workdir(path: Path, config: dict | None = None) -> Path:
+    """A run folder whose config/config.yaml is the repository's default (or `config`)."""
+    (path / "config").mkdir(parents=True, exist_ok=True)
+    if config is None:
+        shutil.copy(ROOT / "config" / "config.yaml", path / "config" / "config.yaml")
+    else:
+        (path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- dry runs
+
+# Every dry run below is planned once, two at a time, by the module fixture `dry`; each test then
+# reads its own. (key -> (snakemake arguments, extra files written into the run folder))
+CUSTOM = "regularizers:\n  myreg: {is_forward_kl: 0.05, chi2: 0.2}\n  withfkl: {forward_kl: 0.3}\n"
+PAPER = str(ROOT / "config" / "paper-mistral7b.yaml")
+DRY_RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "none": (("-n", "-p", "--config", "reg=none"), {}),
+    "forward_kl": (("-n", "-p", "--config", "reg=forward_kl"), {}),
+    "mixed": (("-n", "-p", "--config", "reg=mixed"), {}),
+    "all": (("-n", "-p", "--config", "reg=all"), {}),
+    "list": (("-n", "-p", "--config", "reg=reverse_kl, is_forward_kl,chi2"), {}),
+    "custom": (("-n", "-p", "--configfile", "custom.yaml", "--config", "reg=withfkl,myreg"), {"custom.yaml": CUSTOM}),
+    "bogus": (("--config", "reg=bogus"), {}),
+    "bogus_in_list": (("--config", "reg=mixed,nope"), {}),
+    "bad_pattern": (("--config", "reg=bad name"), {}),
+    "train_regularizer_key": (("-n", "--configfile", "bad.yaml"), {"bad.yaml": "train: {regularizer: chi2}\n"}),
+    "reserved_name": (("-n", "--configfile", "bad.yaml"), {"bad.yaml": "regularizers: {base: {chi2: 0.1}}\n"}),
+    "too_few_prompt_sets": (("-n", "--config", "iterations=4"), {}),
+    "lint": (("--lint",), {}),
+    "slurm": (
+        ("-n", "--profile", "slurm", "--configfile", PAPER, "overlay.yaml", "--config", "reg=mixed"),
+        {"gpt4_turbo_outputs.json": "[]", "overlay.yaml": "evaluation: {reference: gpt4_turbo_outputs.json}\n"},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
+    """Plans every entry of DRY_RUNS in its own run folder: key -> (exit code, output, folder)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = {}
+    for key, (args, files) in DRY_RUNS.items():
+        run = make_workdir(tmp_path_factory.mktemp(key))
+        for name, text in files.items():
+            (run / name).write_text(text)
+        # file arguments are relative to the run folder; snakemake itself starts in the repository root
+        args = [str(run / a) if a in files else a for a in args]
+        runs[key] = (run, ["--cores", "2", *args] if key != "lint" else args)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {key: pool.submit(smk, run, *args) for key, (run, args) in runs.items()}
+        return {key: (*futures[key].result(), runs[key][0]) for key in runs}
+
+
+# default config: T = 2, self-BLEU off, pi_0 = the embedded SmolLM2 (prepared by a rule)
+COMMON = {
+    "prepare_models": 1,
+    "prepare_prompts": 3,  # iter1, iter2, eval
+    "summarize": 1,
+    "all": 1,
+}
+
+
+def expected(n_regs: int, forward_kl: bool) -> dict[str, int]:
+    per_iteration = 1 + n_regs  # base/iter1 + each reg's iter2
+    evaluated = 1 + 2 * n_regs  # pi_0 + pi_1, pi_2 per reg
+    counts = dict(COMMON, train=2 * n_regs)
+    counts.update({rule: per_iteration for rule in ("generate", "score", "pairs", "logps")})
+    counts.update({rule: evaluated for rule in ("eval_generate", "eval_outputs", "annotate", "metrics")})
+    if forward_kl:
+        counts["generate_ref"] = 2  # mu's samples on iter1 and iter2 prompts, shared
+    return counts
+
+
+def train_regularizers(out: str) -> dict[str, dict]:
+    """{output model folder: params.regularizer} of every planned train job."""
+    found = {}
+    for cmd in shell_commands(out, "train"):
+        params = json.loads(re.search(r"--params '([^']*)'", cmd).group(1))
+        found[re.search(r"--out (\S+)", cmd).group(1)] = params["regularizer"]
+    return found
+
+
+@pytest.mark.parametrize(
+    "key, regs, forward_kl",
+    [
+        ("none", ["none"], False),
+        ("forward_kl", ["forward_kl"], True),
+        ("mixed", ["mixed"], False),
+        ("list", ["reverse_kl", "is_forward_kl", "chi2"], False),
+        ("all", PRESETS, True),
+        ("custom", ["withfkl", "myreg"], True),
+    ],
+)
+def test_dry_run_plans_expected_jobs(dry, key, regs, forward_kl):
+    rc, out, _ = dry[key]
+    assert rc == 0, out
+    assert job_counts(out) == expected(len(regs), forward_kl)
+    # iteration 1 comes from pi_0 once, whatever the number of regularizers
+    assert len(re.findall(r"output: results/base/iter1/responses\.jsonl$", out, re.M)) == 1
+    assert not re.search(r"output: results/(?!base/)\w+/iter1/responses\.jsonl", out)
+    # every regularizer trains pi_1 and pi_2 with its own {term: lambda} (config `regularizers`)
+    lambdas = {
+        "none": {}, "reverse_kl": {"reverse_kl": 0.5}, "forward_kl": {"forward_kl": 0.1},
+        "is_forward_kl": {"is_forward_kl": 0.1}, "chi2": {"chi2": 0.1},
+        "mixed": {"is_forward_kl": 0.1, "reverse_kl": 0.5},
+        "myreg": {"is_forward_kl": 0.05, "chi2": 0.2}, "withfkl": {"forward_kl": 0.3},
+    }
+    assert train_regularizers(out) == {
+        f"results/{reg}/iter{t}/model": lambdas[reg] for reg in regs for t in (1, 2)
+    }
+    # regularizers with a forward_kl term (and only they) train with mu's samples
+    with_ref = [c for c in shell_commands(out, "train") if "--ref-samples results/base/iter" in c]
+    assert len(with_ref) == (2 if forward_kl else 0)
+    assert all(re.search(r"--out results/(forward_kl|withfkl)/", c) for c in with_ref)
+
+
+def test_dry_run_commands_follow_the_layout(dry):
+    rc, out, _ = dry["mixed"]
+    assert rc == 0, out
+    cmds = " ".join(shell_commands(out, "train"))
+    # iteration 1 trains pi_0 on the shared cache; iteration 2 starts from pi_1 on mixed's own data
+    assert "--pairs results/base/iter1/pairs_logps.jsonl --model resources/models/smollm2-135m-instruct" in cmds
+    assert "--pairs results/mixed/iter2/pairs_logps.jsonl --model results/mixed/iter1/model" in cmds
+    assert '"learning_rate":2e-05' in cmds  # config/config.yaml
+    # the log-prob cache gets only the fields it depends on (not the optimiser or the regularizer)
+    logps = shell_commands(out, "logps")
+    assert len(logps) == 2
+    assert json.loads(re.search(r"--params '([^']*)'", logps[0]).group(1)) == {
+        "logps_batch_size": 8,
+        "max_length": 256,
+        "max_prompt_length": 128,
+        "precision": "auto",
+    }
+    assert "--last-model results/mixed/iter1/model --ref-model resources/models/smollm2-135m-instruct" in " ".join(logps)
+    # mu's samples (forward_kl) use the training sampling with the next seed: fresh samples at t = 1
+    rc, out, _ = dry["forward_kl"]
+    ref = shell_commands(out, "generate_ref")
+    assert len(ref) == 2 and all("--model resources/models/smollm2-135m-instruct" in c for c in ref)
+    sampling = json.loads(re.search(r"--params '([^']*)'", ref[0]).group(1))["sampling"]
+    assert sampling == {"n": 4, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1}
+    # pi_2 is annotated against pi_0's outputs
+    annotate = " ".join(shell_commands(dry["mixed"][1], "annotate"))
+    assert ("--outputs results/mixed/eval/pi2/model_outputs.json"
+            " --reference results/base/eval/pi0/model_outputs.json") in annotate
+
+
+@pytest.mark.parametrize(
+    "key, message, value",
+    [
+        ("bogus", "unknown regularizer 'bogus'", "reg='bogus'"),
+        ("bogus_in_list", "unknown regularizer 'nope'", "reg='mixed,nope'"),
+        ("bad_pattern", "Failed validating 'pattern'", "'bad name'"),
+    ],
+)
+def test_invalid_reg_fails_before_any_job(dry, key, message, value):
+    rc, out, run = dry[key]
+    assert rc != 0
+    assert message in out and value in out, out
+    assert "Job stats" not in out
+    assert not (run / "results").exists() and not (run / "resources").exists()
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("train_regularizer_key", "'regularizer' was unexpected"),
+        ("reserved_name", "should not be valid under {'enum': ['all', 'base', 'prompts', 'plots']}"),
+        ("too_few_prompt_sets", "lists 3 prompt set(s) but iterations = 4"),
+    ],
+)
+def test_config_errors_name_the_problem(dry, key, message):
+    rc, out, _ = dry[key]
+    assert rc != 0 and message in out, out
+
+
+def test_schema_defaults_mirror_rspo_config():
+    """A config holding only `reg` gets, through the schema's defaults, RSPOConfig's defaults."""
+    import dataclasses
+
+    from snakemake.utils import validate
+
+    from rspo.config import RSPOConfig, to_dict
+
+    config = {"reg": "none"}
+    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    want = to_dict(RSPOConfig(reg="none"))
+    del want["train"]["regularizer"]  # set from `reg` by the workflow, not a config key
+    for source in [*want["prompts"], want["evaluation"]["prompts"]]:
+        # a prompt source names exactly one of embedded / path / dataset: the other two stay unset
+        for key in ("embedded", "path", "dataset"):
+            if source[key] is None:
+                del source[key]
+    assert config == want
+    assert {f.name for f in dataclasses.fields(RSPOConfig)} == set(config)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper-mistral7b.yaml"])
+def test_shipped_configs_load_as_rspo_config(name):
+    from rspo.config import load_config
+
+    cfg = load_config(ROOT / "config" / name)
+    assert set(cfg.regularizers) >= set(PRESETS)
+
+
+def test_shipped_regularizer_lambdas_are_the_presets():
+    from rspo.losses import REGULARIZER_PRESETS
+
+    for name in ("config.yaml", "paper-mistral7b.yaml"):
+        shipped = yaml.safe_load((ROOT / "config" / name).read_text())["regularizers"]
+        assert {k: shipped[k] for k in PRESETS} == {k: dict(v) for k, v in REGULARIZER_PRESETS.items()}
+
+
+def test_lint_and_format(dry):
+    rc, out, _ = dry["lint"]
+    assert rc == 0 and "Congratulations" in out, out
+    if importlib.util.find_spec("snakefmt") is None:
+        pytest.skip("snakefmt is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "workflow/"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_slurm_profile_resolves_gpu_resources(dry):
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    assert (ROOT / "slurm" / "config.yaml").exists()  # `--profile slurm` from the root finds it
+    rc, out, _ = dry["slurm"]
+    assert rc == 0, out
+    counts = job_counts(out)
+    # the paper: T = 3, self-BLEU on, a hub policy (no prepare_models)
+    assert counts["generate"] == 3 and counts["train"] == 3 and counts["selfbleu_generate"] == 4
+    assert "prepare_models" not in counts
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, re.M | re.S)
+    resources = {rule: re.search(r"resources: (.*)", block).group(1) for rule, block in blocks}
+    for rule in ("generate", "train", "logps", "score", "eval_generate"):
+        assert "gpu=1" in resources[rule] and "gpu_jobs=1" in resources[rule], (rule, resources[rule])
+        assert "slurm_partition=gpu" in resources[rule], (rule, resources[rule])
+    assert "runtime=1440" in resources["train"] and "mem_mb=128000" in resources["train"]
+    assert "gpu=" not in resources["pairs"] and "slurm_partition=cpu" in resources["pairs"]
+    assert "gpu=0" in resources["annotate"]  # the GPT-4-turbo annotator is an API call
+
+
+# --------------------------------------------------------------------------- end to end
+
+STEPS = ["prepare-prompts", "generate", "score", "pairs", "logps", "train", "eval-outputs", "annotate",
+         "metrics", "self-bleu", "summarize"]
+
+
+def missing_steps() -> list[str]:
+    from rspo.cli import COMMANDS
+
+    return [s for s in STEPS if importlib.util.find_spec(f"rspo.commands.{COMMANDS[s][0]}") is None]
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, tiny_model_dir):
+    """One real run of the tiny config (reg = mixed,forward_kl; T = 2; self-BLEU on)."""
+    missing = missing_steps()
+    if missing:
+        pytest.skip(f"steps not implemented yet: {', '.join(missing)}")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["policy"] = str(tiny_model_dir)
+    run = make_workdir(tmp_path_factory.mktemp("e2e"), config)
+    rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
+    assert rc == 0, out
+    return run
+
+
+@pytest.mark.slow
+def test_e2e_artefacts(e2e):
+    from rspo.artifacts import read_json, read_table
+
+    res = e2e / "results"
+    assert len(read_table(res / "prompts" / "iter1.jsonl", "prompts")) == 3
+    assert len(read_table(res / "prompts" / "eval.jsonl", "prompts")) == 3
+    assert len(read_table(res / "prompts" / "selfbleu.jsonl", "prompts")) == 2  # num_instructions
+    data_dirs = [res / "base" / "iter1", res / "mixed" / "iter2", res / "forward_kl" / "iter2"]
+    for d in data_dirs:
+        rows = read_table(d / "responses.jsonl", "responses")
+        assert len(rows) == 3 and all(len(r["responses"]) == 3 for r in rows)
+        prefs = read_table(d / "preferences.jsonl", "preferences")
+        assert all(len(p["logits"]) == 3 and all(len(row) == 3 for row in p["logits"]) for p in prefs)
+        assert read_table(d / "pairs.jsonl", "pairs") is not None
+        assert "pairs_logps.jsonl" in os.listdir(d) and (d / "pairs_stats.json").exists()
+    # iteration 1 is shared: nothing sampled under a regularizer's own iter1 folder
+    assert not (res / "mixed" / "iter1" / "responses.jsonl").exists()
+    for t in (1, 2):  # mu's samples for forward_kl only
+        assert len(read_table(res / "base" / f"iter{t}" / "ref_responses.jsonl", "responses")) == 3
+    for reg in ("mixed", "forward_kl"):
+        for t in (1, 2):
+            model = res / reg / f"iter{t}" / "model"
+            assert (model / "config.json").exists() and (model / "manifest.json").exists()
+            assert len(read_table(res / reg / f"iter{t}" / "train_log.jsonl", "train_log")) >= 1
+    evals = [res / "base" / "eval" / "pi0"] + [res / r / "eval" / f"pi{t}" for r in ("mixed", "forward_kl")
+                                               for t in (1, 2)]
+    for d in evals:
+        outputs = read_json(d / "model_outputs.json")
+        assert len(outputs) == 3 and {"instruction", "output", "generator"} <= set(outputs[0])
+        assert 0.0 <= read_json(d / "metrics.json")["win_rate"] <= 100.0
+        assert read_json(d / "selfbleu.json")["n"] == 3
+    assert read_json(res / "mixed" / "eval" / "pi1" / "model_outputs.json")[0]["generator"] == "mixed-pi1"
+
+
+@pytest.mark.slow
+def test_e2e_summary_table(e2e):
+    import pandas as pd
+
+    table = pd.read_csv(e2e / "results" / "summary.csv")
+    assert sorted(zip(table["reg"], table["iteration"], strict=True)) == [
+        ("forward_kl", 0), ("forward_kl", 1), ("forward_kl", 2), ("mixed", 0), ("mixed", 1), ("mixed", 2)
+    ]
+    md = (e2e / "results" / "summary.md").read_text()
+    assert "mixed" in md and "forward_kl" in md
+    assert (e2e / "results" / "paper_comparison.md").exists()
+    assert any(p.suffix == ".png" for p in (e2e / "results" / "plots").iterdir())
+
+
+@pytest.mark.slow
+def test_e2e_rerun_plans_exactly_the_affected_jobs(e2e, tmp_path):
+    rc, out = smk(e2e, "-n", "--cores", "2")
+    assert rc == 0 and "Nothing to be done" in out, out
+
+    changed = tmp_path / "lr.yaml"
+    changed.write_text("train: {learning_rate: 5.0e-4}\n")
+    rc, out = smk(e2e, "-n", "--cores", "2", "--configfile", str(changed))
+    assert rc == 0, out
+    # pi_1.. change; pi_0's data, pi_0's evaluation, prompts and mu's samples do not
+    assert job_counts(out) == {
+        "train": 4,  # 2 regs x 2 iterations
+        "generate": 2, "score": 2, "pairs": 2, "logps": 2,  # each reg's iteration 2
+        "eval_generate": 4, "eval_outputs": 4, "annotate": 4, "metrics": 4,  # pi_1, pi_2 per reg
+        "selfbleu_generate": 4, "self_bleu": 4,
+        "summarize": 1, "all": 1,
+    }
+    assert not re.search(r"output: results/(base|prompts)/", out)
+
+
+@pytest.mark.slow
+def test_e2e_report(e2e):
+    rc, out = smk(e2e, "--report", "results/report.html")
+    assert rc == 0, out
+    html = (e2e / "results" / "report.html").read_text(errors="replace")
+    assert "summary.csv" in html and "paper_comparison.md" in html and ".png" in html
