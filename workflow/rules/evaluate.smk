@@ -12,7 +12,7 @@ rule eval_generate:
     log:
         "logs/{reg}/eval/pi{t}/generate.log",
     benchmark:
-        "benchmarks/{reg}/eval/pi{t}/generate.tsv"
+        "logs/benchmarks/{reg}/eval/pi{t}/generate.tsv"
     conda:
         conda_env("eval_generate")
     threads: rule_threads("eval_generate")
@@ -35,7 +35,7 @@ rule eval_outputs:
     log:
         "logs/{reg}/eval/pi{t}/eval_outputs.log",
     benchmark:
-        "benchmarks/{reg}/eval/pi{t}/eval_outputs.tsv"
+        "logs/benchmarks/{reg}/eval/pi{t}/eval_outputs.tsv"
     localrule: True
     conda:
         conda_env("eval_outputs")
@@ -59,7 +59,7 @@ rule annotate:
     log:
         "logs/{reg}/eval/pi{t}/annotate.log",
     benchmark:
-        "benchmarks/{reg}/eval/pi{t}/annotate.tsv"
+        "logs/benchmarks/{reg}/eval/pi{t}/annotate.tsv"
     conda:
         conda_env("annotate")
     threads: rule_threads("annotate")
@@ -83,7 +83,7 @@ rule metrics:
     log:
         "logs/{reg}/eval/pi{t}/metrics.log",
     benchmark:
-        "benchmarks/{reg}/eval/pi{t}/metrics.tsv"
+        "logs/benchmarks/{reg}/eval/pi{t}/metrics.tsv"
     localrule: True
     conda:
         conda_env("metrics")
@@ -107,7 +107,7 @@ rule selfbleu_generate:
     log:
         "logs/{reg}/eval/pi{t}/selfbleu_generate.log",
     benchmark:
-        "benchmarks/{reg}/eval/pi{t}/selfbleu_generate.tsv"
+        "logs/benchmarks/{reg}/eval/pi{t}/selfbleu_generate.tsv"
     conda:
         conda_env("selfbleu_generate")
     threads: rule_threads("selfbleu_generate")
@@ -130,7 +130,7 @@ rule self_bleu:
     log:
         "logs/{reg}/eval/pi{t}/self_bleu.log",
     benchmark:
-        "benchmarks/{reg}/eval/pi{t}/self_bleu.tsv"
+        "logs/benchmarks/{reg}/eval/pi{t}/self_bleu.tsv"
     localrule: True
     conda:
         conda_env("self_bleu")

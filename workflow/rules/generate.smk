@@ -11,7 +11,7 @@ rule generate:
     log:
         "logs/{reg}/iter{t}/generate.log",
     benchmark:
-        "benchmarks/{reg}/iter{t}/generate.tsv"
+        "logs/benchmarks/{reg}/iter{t}/generate.tsv"
     conda:
         conda_env("generate")
     threads: rule_threads("generate")
@@ -35,7 +35,7 @@ rule generate_ref:
     log:
         "logs/base/iter{t}/generate_ref.log",
     benchmark:
-        "benchmarks/base/iter{t}/generate_ref.tsv"
+        "logs/benchmarks/base/iter{t}/generate_ref.tsv"
     conda:
         conda_env("generate_ref")
     threads: rule_threads("generate_ref")

@@ -12,7 +12,7 @@ rule logps:
     log:
         "logs/{reg}/iter{t}/logps.log",
     benchmark:
-        "benchmarks/{reg}/iter{t}/logps.tsv"
+        "logs/benchmarks/{reg}/iter{t}/logps.tsv"
     conda:
         conda_env("logps")
     threads: rule_threads("logps")

@@ -8,7 +8,7 @@ rule prepare_models:
     log:
         "logs/prepare_models.log",
     benchmark:
-        "benchmarks/prepare_models.tsv"
+        "logs/benchmarks/prepare_models.tsv"
     conda:
         conda_env("prepare_models")
     threads: rule_threads("prepare_models")

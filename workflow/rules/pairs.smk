@@ -11,7 +11,7 @@ rule pairs:
     log:
         "logs/{reg}/iter{t}/pairs.log",
     benchmark:
-        "benchmarks/{reg}/iter{t}/pairs.tsv"
+        "logs/benchmarks/{reg}/iter{t}/pairs.tsv"
     localrule: True
     conda:
         conda_env("pairs")

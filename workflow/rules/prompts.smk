@@ -8,7 +8,7 @@ rule prepare_prompts:
     log:
         "logs/prompts/{split}.log",
     benchmark:
-        "benchmarks/prompts/{split}.tsv"
+        "logs/benchmarks/prompts/{split}.tsv"
     localrule: True
     conda:
         conda_env("prepare_prompts")

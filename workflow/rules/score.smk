@@ -9,7 +9,7 @@ rule score:
     log:
         "logs/{reg}/iter{t}/score.log",
     benchmark:
-        "benchmarks/{reg}/iter{t}/score.tsv"
+        "logs/benchmarks/{reg}/iter{t}/score.tsv"
     conda:
         conda_env("score")
     threads: rule_threads("score")

@@ -31,7 +31,7 @@ rule summarize:
     log:
         "logs/summarize.log",
     benchmark:
-        "benchmarks/summarize.tsv"
+        "logs/benchmarks/summarize.tsv"
     localrule: True
     conda:
         conda_env("summarize")

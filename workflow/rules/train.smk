@@ -12,7 +12,7 @@ rule train:
     log:
         "logs/{reg}/iter{t}/train.log",
     benchmark:
-        "benchmarks/{reg}/iter{t}/train.tsv"
+        "logs/benchmarks/{reg}/iter{t}/train.tsv"
     conda:
         conda_env("train")
     threads: rule_threads("train")
