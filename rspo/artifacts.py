@@ -159,6 +159,32 @@ def write_table(path: str | Path, rows: Iterable[dict[str, Any]], kind: str) -> 
     return n
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ArtifactError(f"{path}: line {lineno}: not valid JSON ({exc})") from None
+
+
+def read_json_objects(path: str | Path, what: str) -> list[dict[str, Any]]:
+    """A JSON file holding a non-empty list of objects (alpaca_eval outputs / annotations)."""
+    data = read_json(path)
+    if not isinstance(data, list) or not data:
+        raise ArtifactError(f"{path}: expected a non-empty JSON list of {what} objects")
+    for n, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ArtifactError(f"{path}: item {n} is a {type(row).__name__}, expected an object")
+    return data
+
+
 def read_table(path: str | Path, kind: str) -> list[dict[str, Any]]:
     """Read a JSONL table written by :func:`write_table`, validating header and rows."""
     path = Path(path)
@@ -166,28 +192,21 @@ def read_table(path: str | Path, kind: str) -> list[dict[str, Any]]:
     if not path.exists():
         raise ArtifactError(f"{path}: file not found (expected a {kind} table)")
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ArtifactError(f"{path}: line {lineno}: not valid JSON ({exc})") from None
-            if lineno == 1:
-                if not isinstance(obj, dict) or obj.get("rspo_schema") != kind:
-                    raise ArtifactError(
-                        f"{path}: line 1: expected header {{'rspo_schema': '{kind}', 'version': {schema.version}}}"
-                        f", got {str(obj)[:120]}"
-                    )
-                if obj.get("version") != schema.version:
-                    raise ArtifactError(
-                        f"{path}: schema {kind} version {obj.get('version')} is not supported "
-                        f"(this rspo reads version {schema.version})"
-                    )
-                continue
-            _check_row(obj, schema, f"{path}: line {lineno}")
-            rows.append(obj)
+    for lineno, obj in iter_jsonl(path):
+        if lineno == 1:
+            if not isinstance(obj, dict) or obj.get("rspo_schema") != kind:
+                raise ArtifactError(
+                    f"{path}: line 1: expected header {{'rspo_schema': '{kind}', 'version': {schema.version}}}"
+                    f", got {str(obj)[:120]}"
+                )
+            if obj.get("version") != schema.version:
+                raise ArtifactError(
+                    f"{path}: schema {kind} version {obj.get('version')} is not supported "
+                    f"(this rspo reads version {schema.version})"
+                )
+            continue
+        _check_row(obj, schema, f"{path}: line {lineno}")
+        rows.append(obj)
     if not rows and path.stat().st_size == 0:
         raise ArtifactError(f"{path}: empty file (expected a {kind} table)")
     return rows

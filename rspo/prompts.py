@@ -124,21 +124,15 @@ def _from_dataset(source: PromptSource) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _read_jsonl(path: Path) -> list[Any]:
+    from rspo.artifacts import ArtifactError, iter_jsonl
+
     if not path.is_file():
         raise RSPOError(f"prompt file {path}: not found")
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RSPOError(f"{path}: line {lineno}: not valid JSON ({exc})") from None
-            if lineno == 1 and isinstance(obj, dict) and "rspo_schema" in obj:
-                continue  # the header of an rspo table (e.g. a prompts table read back)
-            records.append(obj)
-    return records
+    try:
+        # skip the header of an rspo table (e.g. a prompts table read back)
+        return [obj for n, obj in iter_jsonl(path) if not (n == 1 and isinstance(obj, dict) and "rspo_schema" in obj)]
+    except ArtifactError as exc:
+        raise RSPOError(str(exc)) from None
 
 
 def _prompt_text(value: Any) -> Any:

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rspo.artifacts import ArtifactError, read_json
+from rspo.artifacts import ArtifactError, read_json_objects
 from rspo.errors import RSPOError
 from rspo.evaluation.alpaca_judges import import_alpaca_eval
 
@@ -62,12 +62,8 @@ DF_GAMED_COLUMNS = ("index", "preference", "std_delta_len", "instruction_difficu
 
 def load_annotations(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate an alpaca_eval annotations JSON; every problem is one ArtifactError naming the file."""
-    data = read_json(path)
-    if not isinstance(data, list) or not data:
-        raise ArtifactError(f"{path}: expected a non-empty JSON list of annotation objects")
+    data = read_json_objects(path, "annotation")
     for n, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise ArtifactError(f"{path}: item {n} is a {type(row).__name__}, expected an object")
         missing = [c for c in REQUIRED_COLUMNS if c not in row]
         if missing:
             raise ArtifactError(f"{path}: item {n} lacks column(s) {missing} (needs {list(REQUIRED_COLUMNS)})")

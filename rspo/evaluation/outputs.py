@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rspo.artifacts import ArtifactError, read_json
+from rspo.artifacts import ArtifactError, read_json_objects
 
 OUTPUT_FIELDS = ("instruction", "output", "generator", "dataset")
 
@@ -52,12 +52,8 @@ def responses_to_model_outputs(
 
 def read_outputs(path: str | Path) -> list[dict[str, Any]]:
     """Read an alpaca_eval outputs file (``model_outputs.json``, ``eval_set.json``); validates the fields."""
-    data = read_json(path)
-    if not isinstance(data, list) or not data:
-        raise ArtifactError(f"{path}: expected a non-empty JSON list of {{instruction, output, ...}} objects")
+    data = read_json_objects(path, "{instruction, output, ...}")
     for n, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise ArtifactError(f"{path}: item {n} is a {type(row).__name__}, expected an object")
         for name in ("instruction", "output"):
             if not isinstance(row.get(name), str):
                 raise ArtifactError(f"{path}: item {n} lacks a string field {name!r}")
