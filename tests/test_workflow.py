@@ -114,23 +114,24 @@ def dry(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
         return {key: (*futures[key].result(), runs[key][0]) for key in runs}
 
 
-# default config: T = 2, self-BLEU off, pi_0 = the embedded SmolLM2 (prepared by a rule)
+# default config: T iterations, self-BLEU off, pi_0 = the embedded SmolLM2 (prepared by a rule)
+T = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["iterations"]
 COMMON = {
     "prepare_models": 1,
-    "prepare_prompts": 3,  # iter1, iter2, eval
+    "prepare_prompts": T + 1,  # iter1..iterT, eval
     "summarize": 1,
     "all": 1,
 }
 
 
 def expected(n_regs: int, forward_kl: bool) -> dict[str, int]:
-    per_iteration = 1 + n_regs  # base/iter1 + each reg's iter2
-    evaluated = 1 + 2 * n_regs  # pi_0 + pi_1, pi_2 per reg
-    counts = dict(COMMON, train=2 * n_regs)
+    per_iteration = 1 + (T - 1) * n_regs  # base/iter1 + each reg's iter2..iterT
+    evaluated = 1 + T * n_regs  # pi_0 + pi_1..pi_T per reg
+    counts = dict(COMMON, train=T * n_regs)
     counts.update({rule: per_iteration for rule in ("generate", "score", "pairs", "logps")})
     counts.update({rule: evaluated for rule in ("eval_generate", "eval_outputs", "annotate", "metrics")})
     if forward_kl:
-        counts["generate_ref"] = 2  # mu's samples on iter1 and iter2 prompts, shared
+        counts["generate_ref"] = T  # mu's samples on each iteration's prompts, shared
     return counts
 
 
@@ -161,7 +162,7 @@ def test_dry_run_plans_expected_jobs(dry, key, regs, forward_kl):
     # iteration 1 comes from pi_0 once, whatever the number of regularizers
     assert len(re.findall(r"output: results/base/iter1/responses\.jsonl$", out, re.M)) == 1
     assert not re.search(r"output: results/(?!base/)\w+/iter1/responses\.jsonl", out)
-    # every regularizer trains pi_1 and pi_2 with its own {term: lambda} (config `regularizers`)
+    # every regularizer trains pi_1..pi_T with its own {term: lambda} (config `regularizers`)
     lambdas = {
         "none": {}, "reverse_kl": {"reverse_kl": 0.5}, "forward_kl": {"forward_kl": 0.1},
         "is_forward_kl": {"is_forward_kl": 0.1}, "chi2": {"chi2": 0.1},
@@ -169,11 +170,11 @@ def test_dry_run_plans_expected_jobs(dry, key, regs, forward_kl):
         "myreg": {"is_forward_kl": 0.05, "chi2": 0.2}, "withfkl": {"forward_kl": 0.3},
     }
     assert train_regularizers(out) == {
-        f"results/{reg}/iter{t}/model": lambdas[reg] for reg in regs for t in (1, 2)
+        f"results/{reg}/iter{t}/model": lambdas[reg] for reg in regs for t in range(1, T + 1)
     }
     # regularizers with a forward_kl term (and only they) train with mu's samples
     with_ref = [c for c in shell_commands(out, "train") if "--ref-samples results/base/iter" in c]
-    assert len(with_ref) == (2 if forward_kl else 0)
+    assert len(with_ref) == (T if forward_kl else 0)
     assert all(re.search(r"--out results/(forward_kl|withfkl)/", c) for c in with_ref)
 
 
@@ -187,7 +188,7 @@ def test_dry_run_commands_follow_the_layout(dry):
     assert '"learning_rate":2e-05' in cmds  # config/config.yaml
     # the log-prob cache gets only the fields it depends on (not the optimiser or the regularizer)
     logps = shell_commands(out, "logps")
-    assert len(logps) == 2
+    assert len(logps) == T
     assert json.loads(re.search(r"--params '([^']*)'", logps[0]).group(1)) == {
         "logps_batch_size": 8,
         "max_length": 256,
@@ -198,7 +199,7 @@ def test_dry_run_commands_follow_the_layout(dry):
     # mu's samples (forward_kl) use the training sampling with the next seed: fresh samples at t = 1
     rc, out, _ = dry["forward_kl"]
     ref = shell_commands(out, "generate_ref")
-    assert len(ref) == 2 and all("--model resources/models/smollm2-135m-instruct" in c for c in ref)
+    assert len(ref) == T and all("--model resources/models/smollm2-135m-instruct" in c for c in ref)
     sampling = json.loads(re.search(r"--params '([^']*)'", ref[0]).group(1))["sampling"]
     assert sampling == {"n": 4, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1}
     # pi_2 is annotated against pi_0's outputs
