@@ -221,13 +221,15 @@ def test_unknown_names_terms_and_negative_coefficients_list_allowed_values():
         rspo_loss(policy, last, ref, win, eta=2.0, regularizer="reverse-kl")
 
 
-def test_custom_mixture_may_not_redefine_a_preset():
+def test_custom_mixture_named_like_a_preset_replaces_its_coefficients():
     assert resolve_regularizer("mixed", custom={"mixed": {"reverse_kl": 0.5, "is_forward_kl": 0.1}}) == {
         "is_forward_kl": 0.1,
         "reverse_kl": 0.5,
     }
-    with pytest.raises(ValueError, match="is a preset"):
-        resolve_regularizer("chi2", custom={"chi2": {"chi2": 0.5}})
+    assert resolve_regularizer("chi2", custom={"chi2": {"chi2": 0.5}}) == {"chi2": 0.5}
+    assert resolve_regularizer("chi2") == {"chi2": 0.1}  # the preset itself is untouched
+    with pytest.raises(ValueError, match="coefficient of 'chi2' must be a finite number >= 0"):
+        resolve_regularizer("chi2", custom={"chi2": {"chi2": -1.0}})
 
 
 def test_resolve_returns_a_copy():
