@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rspo.config import JudgeConfig
+from rspo.errors import RSPOError
 from rspo.preference.cache import JudgeCache, judgement_key
 
 
@@ -53,6 +54,14 @@ class Judge(ABC):
     def __init__(self, cfg: JudgeConfig):
         self.cfg = cfg
         self._cache = JudgeCache(cfg.cache_dir) if cfg.cache_dir else None
+
+    def check_options(self, allowed) -> None:
+        """Reject ``cfg.options`` keys this judge does not know, naming the allowed ones."""
+        unknown = set(self.cfg.options) - set(allowed)
+        if unknown:
+            raise RSPOError(
+                f"judge {self.cfg.name}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
 
     def settings(self) -> dict:
         """Everything besides the name that changes the judge's numbers (part of the cache key)."""

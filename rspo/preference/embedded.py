@@ -133,9 +133,7 @@ class EmbeddedJudge(ScalarJudge):
     def __init__(self, cfg):
         super().__init__(cfg)
         fields = {f.name for f in dataclasses.fields(EmbeddedParams)}
-        unknown = set(cfg.options) - fields - {"device"}
-        if unknown:
-            raise RSPOError(f"judge embedded: unknown option(s) {sorted(unknown)}; allowed: {sorted(fields | {'device'})}")
+        self.check_options(fields | {"device"})
         self.params = EmbeddedParams(**{k: v for k, v in cfg.options.items() if k in fields})
         self.name = NAME if cfg.model is None else f"{NAME}:{cfg.model}"
         self._encoder = None

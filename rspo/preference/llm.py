@@ -92,9 +92,7 @@ class LLMJudge(PairwiseJudge):
         super().__init__(cfg)
         if not cfg.model:
             raise RSPOError("judge llm needs judge.model (the model name at the endpoint, or a vLLM model)")
-        unknown = set(cfg.options) - _OPTIONS
-        if unknown:
-            raise RSPOError(f"judge llm: unknown option(s) {sorted(unknown)}; allowed: {sorted(_OPTIONS)}")
+        self.check_options(_OPTIONS)
         opts = cfg.options
         self.backend = opts.get("backend", "openai")
         if self.backend not in ("openai", "vllm"):

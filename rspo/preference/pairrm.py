@@ -308,9 +308,7 @@ class PairRMJudge(PairwiseJudge):
         super().__init__(cfg)
         self.ref = cfg.model or DEFAULT_MODEL
         self.name = "pairrm" if self.ref == DEFAULT_MODEL else f"pairrm:{self.ref}"
-        unknown = set(cfg.options) - {"tokenizer", "dtype", "device"}
-        if unknown:
-            raise RSPOError(f"judge pairrm: unknown option(s) {sorted(unknown)}; allowed: device, dtype, tokenizer")
+        self.check_options({"tokenizer", "dtype", "device"})
         self._scorer: PairRMScorer | None = None
 
     def settings(self) -> dict:

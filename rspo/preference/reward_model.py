@@ -31,9 +31,7 @@ class RewardModelJudge(ScalarJudge):
         super().__init__(cfg)
         if not cfg.model:
             raise RSPOError("judge reward_model needs judge.model (a local folder or a hub id)")
-        unknown = set(cfg.options) - _OPTIONS
-        if unknown:
-            raise RSPOError(f"judge reward_model: unknown option(s) {sorted(unknown)}; allowed: {sorted(_OPTIONS)}")
+        self.check_options(_OPTIONS)
         self.name = f"reward_model:{cfg.model}"
         self.max_length = int(cfg.options.get("max_length", 4096))
         self._model = None
