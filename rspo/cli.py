@@ -93,3 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, ConfigError, RSPOError) as exc:
         print(f"rspo {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # disk full, read-only or unreadable files: one line, no stack trace
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rspo {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
