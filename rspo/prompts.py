@@ -166,10 +166,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
     try:
         # skip the header of an rspo table (e.g. a prompts table read back)
         return [(n, obj) for n, obj in iter_jsonl(path) if not (n == 1 and isinstance(obj, dict) and "rspo_schema" in obj)]
-    except ArtifactError as exc:
+    except ArtifactError as exc:  # names the file and the line (also of a line that is not UTF-8)
         raise RSPOError(str(exc)) from None
-    except UnicodeDecodeError as exc:
-        raise RSPOError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise RSPOError(f"prompt file {path}: cannot be read ({exc.strerror or exc})") from None
 

@@ -131,7 +131,10 @@ class AlpacaEvalWeightedJudge:
     def p_second(self, triples: list[tuple[str, str, str]]) -> list[float]:
         from alpaca_eval.completion_parsers import logprob_parser
 
-        out = self.fn_completions(prompts=self.prompts(triples), **self.completions_kwargs)
+        try:
+            out = self.fn_completions(prompts=self.prompts(triples), **self.completions_kwargs)
+        except Exception as exc:
+            raise self._endpoint_error(exc) from None
         completions = out[self.completion_key]
         values = []
         for completion in completions:
@@ -144,6 +147,19 @@ class AlpacaEvalWeightedJudge:
         if n_nan:
             log.warning("%s: %d of %d verdicts unparsable (no 'm'/'M' in the top logprobs)", self.name, n_nan, len(values))
         return values
+
+
+    def _endpoint_error(self, exc: Exception) -> Exception:
+        """An OpenAI client error as one line naming the status only: its body may quote the key."""
+        try:
+            import openai
+        except ImportError:
+            return exc
+        if isinstance(exc, openai.APIStatusError):
+            return RSPOError(f"judge {self.name}: the endpoint answered HTTP {exc.status_code} ({type(exc).__name__})")
+        if isinstance(exc, openai.OpenAIError):
+            return RSPOError(f"judge {self.name}: the endpoint failed ({type(exc).__name__})")
+        return exc
 
 
 def _client_config(base_url: str, api_key: str) -> str:
