@@ -54,8 +54,18 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["j.json", "new", "plain.txt", "raw.bin", "t.jsonl", "x.md"]
 
 
-def test_trained_model_folder_and_log_are_readable(tmp_path, umask, tiny_model_dir, tiny_model_dir_b):
-    """The issue's case: model.safetensors, manifest.json and the train log were 0600 under umask 022."""
+def test_trained_model_folder_and_log_are_readable(tmp_path, tiny_model_dir, tiny_model_dir_b):
+    """The issue's case: model.safetensors, manifest.json and the train log were 0600 under umask 022.
+    (Under 077 the same apply_default_modes gives 0600/0700: the other tests here run under both.)"""
+    umask = 0o022
+    old_umask = os.umask(umask)
+    try:
+        _train_and_check_modes(tmp_path, umask, tiny_model_dir, tiny_model_dir_b)
+    finally:
+        os.umask(old_umask)
+
+
+def _train_and_check_modes(tmp_path, umask, tiny_model_dir, tiny_model_dir_b):
     from rspo.commands.logps import cache_logps
     from rspo.config import TrainConfig
     from rspo.train import partial_dir, train
