@@ -161,7 +161,7 @@ def check_no_secrets(config: Mapping[str, Any], where: str = "") -> None:
         key = f"{where}.{name}" if where else str(name)
         lowered = str(name).lower()
         secret = lowered in _SECRET_WORDS or any(lowered.endswith(f"_{w}") for w in _SECRET_WORDS)
-        if secret and value not in (None, ""):
+        if secret and isinstance(value, str) and value:  # a mapping named so (e.g. a regularizer) is no secret
             raise ConfigError(
                 f"{key}: secrets are read from the environment only ({KEY_VARIABLES}, or the variable named "
                 "by options.api_key_env); remove it from the config"

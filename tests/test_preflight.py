@@ -142,6 +142,7 @@ def test_hub_ids_online_and_endpoint_model_names_are_not_checked(in_tmp, monkeyp
 def test_secrets_are_found_anywhere_and_only_secrets():
     check_no_secrets({"train": {"max_new_tokens": 3}, "judge": {"options": {"api_key_env": "MY_KEY", "top_logprobs": 5}}})
     check_no_secrets({"judge": {"options": {"api_key": None}}})  # unset is fine
+    check_no_secrets({"regularizers": {"my_key": {"chi2": 0.1}}})  # a mixture's name, not a secret
     for name in ("api_key", "openai_api_key", "token", "hf_token", "password", "secret", "key"):
         with pytest.raises(ConfigError, match=rf"^a\.b\.{name}: secrets are read from the environment only"):
             check_no_secrets({"a": {"b": {name: "x"}}})
