@@ -4,7 +4,10 @@ Every table is JSONL. Its first line is a header ``{"rspo_schema": KIND, "versio
 further line is one row. :data:`SCHEMAS` lists the required fields (and their JSON types) of each
 kind; ``docs/artefacts.md`` documents them. Readers check the header and every row and name the
 file, the line and the field on error. Writers write to a temporary name in the same folder and
-rename it into place, so a killed step never leaves a half-written output behind.
+rename it into place, so a killed step never leaves a half-written output behind; written files
+get the mode a plain ``open()`` gives under the umask (readable by others under umask 022), and a
+failed write (disk full, read-only folder) is one :class:`ArtifactError` that leaves the previous
+file in place.
 """
 
 from __future__ import annotations
@@ -97,20 +100,74 @@ SCHEMAS: dict[str, Schema] = {
 # --------------------------------------------------------------------------- atomic writes
 
 
+def process_umask() -> int:
+    """The process umask, read from ``/proc/self/status`` where it can be (``os.umask`` sets it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain ``open()`` (file) or ``mkdir()`` (folder) gives under the process umask:
+    0644 / 0755 under umask 022, 0600 / 0700 under umask 077."""
+    return (0o777 if directory else 0o666) & ~process_umask()
+
+
+def write_error(path: Path, exc: OSError) -> str:
+    """One line for a failed write of ``path`` (disk full, read-only folder, ...)."""
+    reason = exc.strerror or str(exc)
+    kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+    return f"{path}: could not be written ({reason}); {kept}"
+
+
+def apply_default_modes(root: str | Path) -> None:
+    """Give every file under ``root`` (and ``root`` and its folders) the mode of :func:`default_mode`.
+
+    For folders written by other libraries before they are renamed into place: ``save_pretrained``
+    writes ``model.safetensors`` as 0600 whatever the umask, and ``mkdtemp`` makes folders 0700."""
+    root = Path(root)
+    file_mode, dir_mode = default_mode(), default_mode(directory=True)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(dir_mode if path.is_dir() else file_mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file gets the mode a plain ``open()`` would give (``mkstemp`` makes it 0600), so
+    results are as readable as the umask allows. A failure to write (disk full, read-only folder:
+    any ``OSError`` in the block or the rename) raises :class:`ArtifactError` in one line; the
+    temporary file is removed and a previous ``path`` stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ArtifactError(write_error(path, exc)) from None
     tmp_path = Path(tmp)
     try:
+        try:
+            os.fchmod(fd, default_mode())
+        finally:
+            os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise ArtifactError(write_error(path, exc)) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -164,8 +221,12 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ArtifactError(f"{path}: line {lineno}: not UTF-8 text (byte {exc.start} of the line)") from None
             if not line.strip():
                 continue
             try:

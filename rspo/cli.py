@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from rspo import redact
+
+    redact.install()  # secret values of the environment never reach a log line or an error message
     if args.threads:
         set_threads(args.threads)
     if getattr(args, "_missing", False):
@@ -91,5 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(mod.run(args) or 0)
     except (ArtifactError, ConfigError, RSPOError) as exc:
-        print(f"rspo {args.command}: error: {exc}", file=sys.stderr)
+        print(redact.redact(f"rspo {args.command}: error: {exc}"), file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, read-only or unreadable files: one line, no stack trace
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(redact.redact(f"rspo {args.command}: error: {where}{exc.strerror or exc}"), file=sys.stderr)
         return 1

@@ -236,12 +236,20 @@ def parse_params(text: str | None, cls: type):
     if text.startswith("@"):
         import yaml
 
-        data = yaml.safe_load(Path(text[1:]).read_text())
+        path = Path(text[1:])
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"--params {text}: cannot be read ({exc.strerror or exc})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--params {text}: not valid YAML/JSON ({' '.join(str(exc).split())})") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--params is not valid JSON ({exc}): {text[:200]!r}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"--params must be a JSON object of {cls.__name__} fields, got {type(data).__name__}")
     return from_dict(cls, data)
 
 

@@ -23,14 +23,38 @@ def hub_offline() -> bool:
     ).lower() in {"1", "true", "yes"}
 
 
+def looks_like_path(ref: str) -> bool:
+    """A reference that can only be a local path (a hub id is ``name`` or ``org/name``)."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1
+
+
+def in_hub_cache(ref: str, repo_type: str = "model") -> bool:
+    """Whether hub repository ``ref`` can be loaded from the local cache alone (no network).
+
+    Models: a snapshot in the hub cache. Datasets: a snapshot there, or a folder of the
+    ``datasets`` library's own cache (``org___name``), which ``load_dataset`` reads offline.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(ref, repo_type=repo_type, local_files_only=True)
+        return True
+    except Exception:  # not cached (or huggingface_hub missing): a miss, never a network call
+        pass
+    if repo_type == "dataset":
+        home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
+        cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets")).expanduser()
+        return (cache / ref.replace("/", "___")).is_dir()
+    return False
+
+
 def check_reference(ref: str, what: str = "model") -> str:
     """Return ``ref`` if it is a local folder or loadable from the hub (cache); else raise clearly."""
     if not ref:
         raise RSPOError(f"no {what} given")
     if is_local(ref):
         return str(Path(ref).expanduser())
-    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1
-    if looks_like_path:
+    if looks_like_path(ref):
         raise RSPOError(f"{what} {ref!r}: no such local folder")
     if hub_offline():
         try:
@@ -75,12 +99,19 @@ def _wrap_hub_errors(ref: str, what: str, fn):
         raise RSPOError(f"{what} {ref!r} could not be loaded: {msg.splitlines()[0]}") from None
 
 
-def load_tokenizer(ref: str, padding_side: str = "left"):
-    """Tokenizer with a pad token (eos when it has none) and the given padding side."""
+def load_tokenizer(ref: str, padding_side: str = "left", chat_template: bool = True):
+    """Tokenizer with a pad token (eos when it has none) and the given padding side.
+
+    ``chat_template`` (the policy's tokenizers): one without a chat template is an error
+    (:func:`rspo.chat.require_chat_template`), raised before any model is loaded."""
     from transformers import AutoTokenizer
 
     path = check_reference(ref, "tokenizer")
     tok = _wrap_hub_errors(ref, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
+    if chat_template:
+        from rspo.chat import require_chat_template
+
+        require_chat_template(tok, ref)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
@@ -147,7 +178,7 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
     import tempfile
     import time
 
-    from rspo.artifacts import file_sha256
+    from rspo.artifacts import apply_default_modes, file_sha256
 
     log = logging.getLogger(__name__)
     out_dir = Path(out_dir).expanduser()
@@ -180,7 +211,6 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
     start = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary shared folder
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -200,6 +230,7 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
             "seconds": round(time.perf_counter() - start, 1),
         }
         (tmp / CONVERSION_MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        apply_default_modes(tmp)  # mkdtemp's 0700 and save_pretrained's 0600 -> what mkdir/open give
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

@@ -15,7 +15,15 @@
 A prompt may also be a chat (a list of ``{"role", "content"}`` messages): its first user message is
 taken. Then ``offset``/``limit`` take a slice; generated ids count rows of the whole source, so a
 slice keeps the ids it would have unsliced. Every kept prompt must be a non-empty string and every
-id unique, otherwise :class:`~rspo.errors.RSPOError` names the source and the row.
+id unique, otherwise :class:`~rspo.errors.RSPOError` names the source and the row (the line of a
+JSONL file). An unreadable file, a malformed line, an empty selection and duplicate ids are errors
+in one line naming the file.
+
+Prompts longer than the prompt budget are NOT rejected here (the budget is in tokens of the
+policy's tokenizer, which this step does not load): they are truncated per config, keeping their
+END as the authors' trainer does, and counted in the log of the step that truncates them
+(:func:`rspo.chat.count_over_budget`): ``rspo generate`` with ``generation.max_prompt_length``
+(null = never truncated), ``rspo logps`` with ``train.max_prompt_length``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,12 @@ from rspo.config import ConfigError, PromptSource
 from rspo.errors import HubUnavailableError, RSPOError
 
 EMBEDDED_PROMPTS = Path(__file__).resolve().parent / "data" / "prompts.jsonl"
+FILE_TYPES = (".json", ".jsonl", ".parquet")  # the prompt files `path` may name
+
+
+def embedded_splits(path: str | Path = EMBEDDED_PROMPTS) -> list[str]:
+    """The split names of the embedded prompt set (``eval``, ``train1``, ...)."""
+    return sorted({str(obj.get("split")) for _, obj in _read_jsonl(Path(path)) if isinstance(obj, dict)})
 
 
 def load_prompts(source: PromptSource, embedded_file: str | Path | None = None) -> list[dict[str, Any]]:
@@ -47,10 +61,15 @@ def load_prompts(source: PromptSource, embedded_file: str | Path | None = None) 
         where, rows = _from_file(Path(source.path).expanduser(), source)
     else:
         where, rows = _from_dataset(source)
+    total = len(rows)
     stop = None if source.limit is None else source.offset + source.limit
     rows = rows[source.offset : stop]
+    if not rows:
+        what = "has no prompts" if total == 0 else (
+            f"has {total} prompts; offset {source.offset} and limit {source.limit} select none")
+        raise RSPOError(f"{where}: no prompts selected: the source {what}")
     _validate(rows, where)
-    return rows
+    return [{k: v for k, v in row.items() if k != "_where"} for row in rows]
 
 
 # --------------------------------------------------------------------------- sources
@@ -59,14 +78,14 @@ def load_prompts(source: PromptSource, embedded_file: str | Path | None = None) 
 def _embedded(split: str, path: Path) -> tuple[str, list[dict[str, Any]]]:
     where = f"{path} (split {split!r})"
     records = _read_jsonl(path)
-    splits = sorted({str(r.get("split")) for r in records})
+    splits = sorted({str(r.get("split")) for _, r in records if isinstance(r, dict)})
     rows = []
-    for i, r in enumerate(records):
-        if r.get("split") != split:
+    for lineno, r in records:
+        if not isinstance(r, dict) or r.get("split") != split:
             continue
         if "prompt_id" not in r or "prompt" not in r:
-            raise RSPOError(f"{path}: line {i + 1}: needs fields prompt_id and prompt")
-        row = {"prompt_id": str(r["prompt_id"]), "prompt": r["prompt"]}
+            raise RSPOError(f"{path}: line {lineno}: needs fields prompt_id and prompt")
+        row = {"prompt_id": str(r["prompt_id"]), "prompt": r["prompt"], "_where": f"line {lineno}"}
         if "category" in r:
             row["category"] = r["category"]
         rows.append(row)
@@ -79,22 +98,32 @@ def _from_file(path: Path, source: PromptSource) -> tuple[str, list[dict[str, An
     if not path.is_file():
         raise RSPOError(f"prompt file {path}: not found")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pandas as pd
-
-        records = pd.read_parquet(path).to_dict(orient="records")
-    elif suffix == ".jsonl":
-        records = _read_jsonl(path)
-    elif suffix == ".json":
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RSPOError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(records, list):
-            raise RSPOError(f"{path}: expected a JSON list of prompts, got {type(records).__name__}")
-    else:
+    if suffix not in FILE_TYPES:
         raise RSPOError(f"prompt file {path}: unsupported type {suffix!r} (use .json, .jsonl or .parquet)")
-    return str(path), _to_rows(records, source, path.stem, str(path))
+    if suffix == ".jsonl":
+        return str(path), _to_rows(_read_jsonl(path), source, path.stem, str(path))
+    try:
+        if suffix == ".parquet":
+            import pandas as pd
+
+            try:
+                records = pd.read_parquet(path).to_dict(orient="records")
+            except OSError:
+                raise
+            except Exception as exc:  # pyarrow raises its own types for a corrupt file
+                raise RSPOError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        else:
+            try:
+                records = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise RSPOError(f"{path}: not valid JSON ({exc})") from None
+            if not isinstance(records, list):
+                raise RSPOError(f"{path}: expected a JSON list of prompts, got {type(records).__name__}")
+    except UnicodeDecodeError as exc:
+        raise RSPOError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise RSPOError(f"prompt file {path}: cannot be read ({exc.strerror or exc})") from None
+    return str(path), _to_rows(list(enumerate(records)), source, path.stem, str(path), label="row")
 
 
 def _from_dataset(source: PromptSource) -> tuple[str, list[dict[str, Any]]]:
@@ -117,22 +146,30 @@ def _from_dataset(source: PromptSource) -> tuple[str, list[dict[str, Any]]]:
     if source.column not in ds.column_names:
         raise RSPOError(f"{where}: no column {source.column!r}; columns: {', '.join(ds.column_names)}")
     stem = source.dataset.rstrip("/").split("/")[-1]
-    return where, _to_rows(list(ds), source, stem, where)
+    return where, _to_rows(list(enumerate(ds)), source, stem, where, label="row")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_jsonl(path: Path) -> list[Any]:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """``(line number, object)`` of every non-blank line; an rspo table's header line is skipped."""
     from rspo.artifacts import ArtifactError, iter_jsonl
 
     if not path.is_file():
         raise RSPOError(f"prompt file {path}: not found")
     try:
         # skip the header of an rspo table (e.g. a prompts table read back)
-        return [obj for n, obj in iter_jsonl(path) if not (n == 1 and isinstance(obj, dict) and "rspo_schema" in obj)]
-    except ArtifactError as exc:
+        return [(n, obj) for n, obj in iter_jsonl(path) if not (n == 1 and isinstance(obj, dict) and "rspo_schema" in obj)]
+    except ArtifactError as exc:  # names the file and the line (also of a line that is not UTF-8)
         raise RSPOError(str(exc)) from None
+    except OSError as exc:
+        raise RSPOError(f"prompt file {path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _prompt_text(value: Any) -> Any:
@@ -144,40 +181,42 @@ def _prompt_text(value: Any) -> Any:
     return value
 
 
-def _to_rows(records: list[Any], source: PromptSource, stem: str, where: str) -> list[dict[str, Any]]:
+def _to_rows(
+    records: list[tuple[int, Any]], source: PromptSource, stem: str, where: str, label: str = "line"
+) -> list[dict[str, Any]]:
+    """Prompt rows of ``(position, record)`` pairs; ``label`` names a position in errors (line, row).
+
+    Generated ids count records: ``f"{stem}-{i}"`` for the i-th record (0-based)."""
     rows = []
-    for i, rec in enumerate(records):
+    for i, (pos, rec) in enumerate(records):
+        at = f"{label} {pos}"
         if isinstance(rec, str):
             if source.id_column:
-                raise RSPOError(f"{where}: row {i}: a bare string has no id column {source.id_column!r}")
-            rows.append({"prompt_id": f"{stem}-{i}", "prompt": rec})
+                raise RSPOError(f"{where}: {at}: a bare string has no id column {source.id_column!r}")
+            rows.append({"prompt_id": f"{stem}-{i}", "prompt": rec, "_where": at})
             continue
         if not isinstance(rec, dict):
-            raise RSPOError(f"{where}: row {i}: expected an object or a string, got {type(rec).__name__}")
+            raise RSPOError(f"{where}: {at}: expected an object or a string, got {type(rec).__name__}")
         if source.column not in rec:
-            raise RSPOError(f"{where}: row {i}: no field {source.column!r}; fields: {', '.join(map(str, rec))}")
+            raise RSPOError(f"{where}: {at}: no field {source.column!r}; fields: {', '.join(map(str, rec))}")
         if source.id_column:
             if rec.get(source.id_column) is None:
-                raise RSPOError(f"{where}: row {i}: no id field {source.id_column!r}")
+                raise RSPOError(f"{where}: {at}: no id field {source.id_column!r}")
             pid = str(rec[source.id_column])
         else:
             pid = f"{stem}-{i}"
-        rows.append({"prompt_id": pid, "prompt": _prompt_text(rec[source.column])})
+        rows.append({"prompt_id": pid, "prompt": _prompt_text(rec[source.column]), "_where": at})
     return rows
 
 
 def _validate(rows: list[dict[str, Any]], where: str) -> None:
-    if not rows:
-        raise RSPOError(f"{where}: no prompts selected")
-    seen: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        prompt = row["prompt"]
+    seen: dict[str, str] = {}
+    for row in rows:
+        prompt, pid, at = row["prompt"], row["prompt_id"], row["_where"]
         if not isinstance(prompt, str):
-            raise RSPOError(f"{where}: prompt {row['prompt_id']!r}: expected a string, got {type(prompt).__name__}")
+            raise RSPOError(f"{where}: prompt {pid!r}: expected a string, got {type(prompt).__name__} ({at})")
         if not prompt.strip():
-            raise RSPOError(f"{where}: prompt {row['prompt_id']!r} is empty")
-        if row["prompt_id"] in seen:
-            raise RSPOError(
-                f"{where}: duplicate prompt id {row['prompt_id']!r} (selected rows {seen[row['prompt_id']]} and {i})"
-            )
-        seen[row["prompt_id"]] = i
+            raise RSPOError(f"{where}: prompt {pid!r} is empty ({at})")
+        if pid in seen:
+            raise RSPOError(f"{where}: duplicate prompt id {pid!r} ({seen[pid]} and {at})")
+        seen[pid] = at

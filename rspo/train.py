@@ -368,6 +368,8 @@ class Checkpoints:
 
     def save(self, step: int, epoch_order: list[int], records: list[dict]) -> None:
         """Write the state into ``checkpoint.tmp`` (all processes), then rename it onto ``checkpoint``."""
+        from rspo.artifacts import apply_default_modes
+
         acc, tmp = self.accelerator, self.dir / "checkpoint.tmp"
         acc.wait_for_everyone()
         if acc.is_main_process and tmp.exists():
@@ -378,6 +380,7 @@ class Checkpoints:
         if acc.is_main_process:
             state = {"step": step, "fingerprint": self.fingerprint, "epoch_order": epoch_order, "log": records}
             (tmp / "state.json").write_text(json.dumps(state))
+            apply_default_modes(tmp)
             _replace_dir(tmp, self.dir / "checkpoint")
         acc.wait_for_everyone()
 
@@ -416,7 +419,7 @@ def load_ref_samples(path: str | Path | None, rows: Sequence[dict], pairs: Path)
 def save_model(accelerator, net, tokenizer, out_dir: Path, meta: dict) -> None:
     """``save_pretrained`` (gathered under ZeRO-3/FSDP) + tokenizer + ``manifest.json`` into a temporary
     folder beside ``out_dir``, renamed onto it."""
-    from rspo.artifacts import write_json
+    from rspo.artifacts import apply_default_modes, write_json
 
     tmp = out_dir.with_name(f".{out_dir.name}.saving")
     accelerator.wait_for_everyone()
@@ -430,6 +433,7 @@ def save_model(accelerator, net, tokenizer, out_dir: Path, meta: dict) -> None:
     if accelerator.is_main_process:
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "manifest.json", meta)
+        apply_default_modes(tmp)  # save_pretrained writes model.safetensors as 0600 whatever the umask
         _replace_dir(tmp, out_dir)
     accelerator.wait_for_everyone()
 
@@ -468,6 +472,9 @@ def train(
     lambdas = resolve_lambdas(cfg, regularizers)
     out_dir, log_path, pairs = Path(out_dir), Path(log_path), Path(pairs)
     rows = read_table(pairs, "pairs_logps")
+    if not rows:
+        raise RSPOError(f"{pairs}: no training pairs")
+    _check_rows(rows, str(pairs))  # input errors before any model is loaded
     inputs = {"pairs": pairs, "model": Path(model)}
     samples_by_id = None
     if lambdas.get("forward_kl", 0.0) > 0:

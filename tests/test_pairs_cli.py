@@ -135,14 +135,48 @@ def test_k_mismatch_names_file_and_prompt(tables, tmp_path, capsys):
     assert str(ppath) in err and "'a'" in err and "3 x 3" in err
 
 
-def test_non_finite_logits_name_file_and_prompt(tables, tmp_path, capsys):
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_non_finite_judge_output_drops_and_counts_the_prompt(tables, tmp_path, bad):
+    """A null/NaN/inf preference: that prompt is dropped and counted, never trained on; the others
+    give exactly the pairs they give without it."""
     rpath, ppath = tables
     prefs = read_table(ppath, "preferences")
-    prefs[0]["logits"][0][1] = None  # prompt c: JSON null
+    prefs[0]["logits"][0][1] = bad  # prompt c (json writes NaN/Infinity literals, null for None)
     write_table(ppath, prefs, "preferences")
-    assert run_pairs(rpath, ppath, tmp_path / "pairs.jsonl") == 1
+    out, stats_path = tmp_path / "pairs.jsonl", tmp_path / "stats.json"
+    rc = main(["pairs", "--responses", str(rpath), "--preferences", str(ppath), "--out", str(out),
+               "--stats", str(stats_path)])
+    assert rc == 0
+    rows = read_table(out, "pairs")
+    assert [r["prompt_id"] for r in rows] == ["a"]
+    s = [2.5 / 3, -1.5, 2 / 3]  # prompt a, as in test_pairs_end_to_end
+    assert rows[0]["scores"] == pytest.approx(s, abs=1e-12)
+    stats = json.loads(stats_path.read_text())
+    assert (stats["n_prompts"], stats["n_pairs"]) == (3, 1)
+    assert (stats["n_dropped_no_signal"], stats["dropped_prompt_ids"]) == (1, ["b"])
+    assert (stats["n_dropped_non_finite"], stats["dropped_non_finite_prompt_ids"]) == (1, ["c"])
+    assert stats["mean_p_chosen"] == rows[0]["p_chosen"]
+
+
+def test_non_finite_diagonal_is_ignored(tables, tmp_path):
+    rpath, ppath = tables
+    prefs = read_table(ppath, "preferences")
+    prefs[0]["logits"][2][2] = math.nan  # prompt c: the diagonal is never read
+    write_table(ppath, prefs, "preferences")
+    out = tmp_path / "pairs.jsonl"
+    assert run_pairs(rpath, ppath, out) == 0
+    assert [r["prompt_id"] for r in read_table(out, "pairs")] == ["a", "c"]
+
+
+def test_only_non_finite_prompts_is_an_error(tmp_path, capsys):
+    rpath, ppath = tmp_path / "r.jsonl", tmp_path / "p.jsonl"
+    write_table(rpath, [response_row("x", ["u", "v"])], "responses")
+    write_table(ppath, [{"prompt_id": "x", "judge": "toy", "logits": [[0.0, math.nan], [1.0, 0.0]]}], "preferences")
+    out = tmp_path / "pairs.jsonl"
+    assert run_pairs(rpath, ppath, out) == 1
     err = capsys.readouterr().err
-    assert str(ppath) in err and "'c'" in err and "finite" in err
+    assert "nothing to train on" in err and "1 dropped: non-finite" in err
+    assert not out.exists()
 
 
 def test_all_prompts_without_signal_is_an_error(tmp_path, capsys):

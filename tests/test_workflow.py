@@ -213,7 +213,7 @@ def test_dry_run_commands_follow_the_layout(dry):
     [
         ("bogus", "unknown regularizer 'bogus'", "reg='bogus'"),
         ("bogus_in_list", "unknown regularizer 'nope'", "reg='mixed,nope'"),
-        ("bad_pattern", "Failed validating 'pattern'", "'bad name'"),
+        ("bad_pattern", "reg: 'bad name' does not match", "'bad name'"),
     ],
 )
 def test_invalid_reg_fails_before_any_job(dry, key, message, value):

@@ -29,10 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from rspo.artifacts import read_table, write_json
+    from rspo.artifacts import ArtifactError, read_table, write_json
     from rspo.evaluation.outputs import responses_to_model_outputs
 
     rows = read_table(args.responses, "responses")
+    if not rows:
+        raise ArtifactError(f"{args.responses}: no rows (expected one response per evaluation prompt)")
     outputs = responses_to_model_outputs(
         rows, generator=args.generator, dataset=args.dataset, dataset_field=args.dataset_field, where=str(args.responses)
     )

@@ -14,13 +14,24 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import logging
 
-    from rspo.artifacts import read_table, write_table
+    from rspo.artifacts import ArtifactError, read_table, write_table
     from rspo.config import GenerateConfig, parse_params
     from rspo.generation import check_config, generate
 
     cfg = parse_params(args.params, GenerateConfig)
     check_config(cfg)
     prompts = read_table(args.prompts, "prompts")
+    if not prompts:
+        raise ArtifactError(f"{args.prompts}: no prompts to generate for")
+    if cfg.max_prompt_length is not None:  # truncated per config (the END is kept) and counted
+        from rspo.chat import count_over_budget
+        from rspo.models import load_tokenizer
+
+        n = count_over_budget(load_tokenizer(args.model), [p["prompt"] for p in prompts], cfg.max_prompt_length)
+        if n:
+            logging.getLogger("rspo.generate").warning(
+                "%d of %d prompts are longer than generation.max_prompt_length = %d tokens: "
+                "they keep their last %d tokens", n, len(prompts), cfg.max_prompt_length, cfg.max_prompt_length)
     rows = generate(args.model, prompts, cfg, progress=not args.no_progress)
     n = write_table(args.out, rows, "responses")
     logging.getLogger("rspo.generate").info(

@@ -44,10 +44,16 @@ def score_model(ref: str, rows: list[dict], cfg, what: str) -> list[dict]:
 
     import torch
 
+    from rspo.chat import count_over_budget
     from rspo.logps import pair_logps, resolve_precision
     from rspo.models import default_device, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(ref)
+    over = count_over_budget(tokenizer, list(dict.fromkeys(r["prompt"] for r in rows)), cfg.max_prompt_length)
+    if over:  # truncated per config and counted (rspo.logps.encode_group)
+        log.warning("%s: %d prompts are longer than train.max_prompt_length = %d tokens: where prompt + response "
+                    "exceeds train.max_length = %d they keep their last %d tokens", what, over,
+                    cfg.max_prompt_length, cfg.max_length, cfg.max_prompt_length)
     model = load_causal_lm(ref, dtype="fp32", device=default_device())  # bf16 = autocast, as in training
     try:
         return pair_logps(

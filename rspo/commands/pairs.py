@@ -3,13 +3,16 @@
 Joins the ``responses`` and ``preferences`` tables by ``prompt_id``, runs
 :func:`rspo.winrate.select_pair` on each K x K logit matrix and writes the ``pairs`` table (plus
 ``num_candidates`` = K). Prompts whose K scores are all equal carry no preference signal: they are
-dropped and counted in the stats JSON, never trained with chosen == rejected.
+dropped and counted in the stats JSON, never trained with chosen == rejected. Prompts whose matrix
+holds a null, NaN or infinite off-diagonal entry (a judge that gave no usable verdict) are dropped
+and counted the same way (``n_dropped_non_finite``), never trained on.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="pairs table to write")
     parser.add_argument(
         "--stats", type=Path, default=None, help="stats JSON to write (counts, mean win rates)"
+    )
+
+
+def has_non_finite(logits: list) -> bool:
+    """Whether an off-diagonal entry of a K x K matrix is null, NaN or infinite (the diagonal is ignored)."""
+    return any(
+        i != j and (v is None or (isinstance(v, float) and not math.isfinite(v)))
+        for i, row in enumerate(logits)
+        for j, v in enumerate(row)
     )
 
 
@@ -45,6 +57,7 @@ def build_pairs(
     seen: set[str] = set()
     pairs: list[dict] = []
     dropped: list[str] = []
+    non_finite: list[str] = []
     for row in tqdm(responses, desc="pairs", unit="prompt"):
         pid = row["prompt_id"]
         if pid in seen:
@@ -62,6 +75,9 @@ def build_pairs(
                 f"{preferences_path}: prompt_id {pid!r}: logits are not {k} x {k} "
                 f"({k} responses in {responses_path})"
             )
+        if has_non_finite(logits):
+            non_finite.append(pid)
+            continue
         try:
             sel = select_pair(logits)
         except (TypeError, ValueError) as exc:
@@ -94,10 +110,12 @@ def build_pairs(
         "n_prompts": len(responses),
         "n_pairs": n,
         "n_dropped_no_signal": len(dropped),
+        "n_dropped_non_finite": len(non_finite),
         "mean_p_chosen": sum(p["p_chosen"] for p in pairs) / n if n else None,
         "mean_p_rejected": sum(p["p_rejected"] for p in pairs) / n if n else None,
         "judge": judges[0] if judges else None,
         "dropped_prompt_ids": dropped,
+        "dropped_non_finite_prompt_ids": non_finite,
     }
     return pairs, stats
 
@@ -109,19 +127,27 @@ def run(args: argparse.Namespace) -> int:
     responses = read_table(args.responses, "responses")
     preferences = read_table(args.preferences, "preferences")
     pairs, stats = build_pairs(responses, preferences, args.responses, args.preferences)
+    if stats["n_dropped_non_finite"]:
+        log.warning(
+            "%d of %d prompts dropped: the judge gave null/NaN/inf preferences (e.g. %r); see %s",
+            stats["n_dropped_non_finite"], stats["n_prompts"], stats["dropped_non_finite_prompt_ids"][0],
+            args.preferences,
+        )
     if not pairs:
         raise RSPOError(
             f"no prompt of {args.responses} has a preference signal "
-            f"({stats['n_dropped_no_signal']} of {stats['n_prompts']} dropped): nothing to train on"
+            f"({stats['n_dropped_no_signal']} of {stats['n_prompts']} dropped: all scores equal; "
+            f"{stats['n_dropped_non_finite']} dropped: non-finite judge output): nothing to train on"
         )
     write_table(args.out, pairs, "pairs")
     if args.stats is not None:
         write_json(args.stats, stats)
     log.info(
-        "%d pairs from %d prompts (%d dropped: no signal); mean p_chosen %.4f, p_rejected %.4f -> %s",
+        "%d pairs from %d prompts (%d dropped: no signal, %d: non-finite); mean p_chosen %.4f, p_rejected %.4f -> %s",
         stats["n_pairs"],
         stats["n_prompts"],
         stats["n_dropped_no_signal"],
+        stats["n_dropped_non_finite"],
         stats["mean_p_chosen"],
         stats["mean_p_rejected"],
         args.out,

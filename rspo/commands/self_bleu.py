@@ -24,6 +24,8 @@ def run(args) -> int:
     from rspo.evaluation.self_bleu import TOKENIZER, self_bleu
 
     rows = read_table(args.responses, "responses")
+    if not rows:
+        raise ArtifactError(f"{args.responses}: no rows (expected n >= 2 samples per prompt)")
     sizes = sorted({len(r["responses"]) for r in rows})
     if sizes[0] < 2:
         raise ArtifactError(f"{args.responses}: Self-BLEU needs n >= 2 samples per prompt; found n = {sizes[0]}")

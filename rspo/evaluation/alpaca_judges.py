@@ -11,7 +11,9 @@ functions directly; the output order, caching and the mapping back to reference/
   alpaca_eval client config at ``OPENAI_CLIENT_CONFIG_PATH``). ``model`` may override the OpenAI model.
 * ``alpaca_eval_vllm``: the same protocol against an OpenAI-compatible server (``vllm serve``);
   ``model`` = the served model name, base URL from ``options.base_url`` or ``$RSPO_JUDGE_BASE_URL``,
-  key from ``options.api_key`` or ``$RSPO_JUDGE_API_KEY`` (default ``EMPTY``). The parser matches the
+  key from ``$RSPO_JUDGE_API_KEY`` only (default ``EMPTY``; never from the config, whose values reach
+  shell commands and logs). The key goes to alpaca_eval in a client config file that only this
+  process can read (mode 0600), deleted when the process exits. The parser matches the
   bare tokens ``m``/``M`` among the top-5 logprobs; a judge whose first token is e.g. ``" m"`` gives
   NaN verdicts (null preferences), which the log reports.
 """
@@ -101,7 +103,12 @@ class AlpacaEvalWeightedJudge:
                     f"judge {LOCAL} needs the server's base URL: set ${BASE_URL_ENV} "
                     "(e.g. http://127.0.0.1:8000/v1) or options.base_url"
                 )
-            api_key = cfg.options.get("api_key") or os.environ.get(API_KEY_ENV) or "EMPTY"
+            if "api_key" in cfg.options:
+                raise RSPOError(
+                    f"judge {LOCAL}: options.api_key is not accepted: API keys are read from the environment "
+                    f"only (${API_KEY_ENV})"
+                )
+            api_key = os.environ.get(API_KEY_ENV) or "EMPTY"
             self.completions_kwargs.update(model_name=cfg.model, requires_chatml=True)
             if base_url:
                 self.completions_kwargs["client_config_path"] = _client_config(base_url, api_key)
@@ -124,7 +131,10 @@ class AlpacaEvalWeightedJudge:
     def p_second(self, triples: list[tuple[str, str, str]]) -> list[float]:
         from alpaca_eval.completion_parsers import logprob_parser
 
-        out = self.fn_completions(prompts=self.prompts(triples), **self.completions_kwargs)
+        try:
+            out = self.fn_completions(prompts=self.prompts(triples), **self.completions_kwargs)
+        except Exception as exc:
+            raise self._endpoint_error(exc) from None
         completions = out[self.completion_key]
         values = []
         for completion in completions:
@@ -137,6 +147,19 @@ class AlpacaEvalWeightedJudge:
         if n_nan:
             log.warning("%s: %d of %d verdicts unparsable (no 'm'/'M' in the top logprobs)", self.name, n_nan, len(values))
         return values
+
+
+    def _endpoint_error(self, exc: Exception) -> Exception:
+        """An OpenAI client error as one line naming the status only: its body may quote the key."""
+        try:
+            import openai
+        except ImportError:
+            return exc
+        if isinstance(exc, openai.APIStatusError):
+            return RSPOError(f"judge {self.name}: the endpoint answered HTTP {exc.status_code} ({type(exc).__name__})")
+        if isinstance(exc, openai.OpenAIError):
+            return RSPOError(f"judge {self.name}: the endpoint failed ({type(exc).__name__})")
+        return exc
 
 
 def _client_config(base_url: str, api_key: str) -> str:

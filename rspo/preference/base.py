@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -87,8 +88,8 @@ class Judge(ABC):
         if missing:
             values = compute(missing)
             new = {k: float(v) for k, v in zip(missing, values)}
-            if self._cache is not None:
-                self._cache.put_many(new)
+            if self._cache is not None:  # NaN/inf verdicts are not cached: a rescoring asks again
+                self._cache.put_many({k: v for k, v in new.items() if math.isfinite(v)})
             found.update(new)
         return found
 

@@ -57,7 +57,7 @@ class RewardModelJudge(ScalarJudge):
             )
 
             path = check_reference(self.cfg.model, "reward model")
-            tok = load_tokenizer(path, padding_side="right")
+            tok = load_tokenizer(path, padding_side="right", chat_template=False)  # fallback: rspo.chat
             tok.truncation_side = "left"
             model = _wrap_hub_errors(
                 self.cfg.model, "reward model",

@@ -6,12 +6,26 @@
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-validate(config, "../schemas/config.schema.yaml")
+# rspo from this checkout, also when Snakemake runs outside the environment rspo is installed in
+sys.path.insert(0, str(Path(workflow.basedir).parent))
+from rspo.config import ConfigError
+from rspo.models import looks_like_path
+from rspo.preflight import (
+    check_config,
+    exit_on_config_error,
+    is_dry_run,
+    validate_config,
+)
+
+# Every config error (schema, relations, paths, hub ids offline) is ONE line on stderr and exit
+# status 1, before anything is planned: rspo.preflight.
+with exit_on_config_error():
+    validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 
 
 # one GPU job at a time on a local machine (profiles/default sets the limit gpu_jobs=1);
@@ -39,8 +53,8 @@ def resolve_regs(value):
     custom = sorted(set(config["regularizers"]) - set(PRESET_REGS))
     for name in names:
         if name not in PRESET_REGS and name not in config["regularizers"]:
-            raise WorkflowError(
-                f"config reg={value!r}: unknown regularizer {name!r}. Allowed: "
+            raise ConfigError(
+                f"reg={value!r}: unknown regularizer {name!r}. Allowed: "
                 f"{', '.join(PRESET_REGS)}, all (the paper's sweep), a comma-separated list of these, "
                 f"or a name defined under `regularizers:` in the config"
                 + (f" (defined: {', '.join(custom)})" if custom else " (none defined)")
@@ -48,14 +62,14 @@ def resolve_regs(value):
     return names
 
 
-REGS = resolve_regs(config["reg"])
+with exit_on_config_error():
+    REGS = resolve_regs(config["reg"])
+    # relations, local paths, hub ids offline; the embedded policy is built by prepare_models
+    for warning in check_config(
+        config, prepared=[EMBEDDED_POLICY], dry_run=is_dry_run(sys.argv)
+    ):
+        print(f"rspo: warning: {warning}", file=sys.stderr)
 ITERS = list(range(1, config["iterations"] + 1))
-
-if len(config["prompts"]) < config["iterations"]:
-    raise WorkflowError(
-        f"config prompts lists {len(config['prompts'])} prompt set(s) but iterations = "
-        f"{config['iterations']}: give one prompt set per iteration"
-    )
 
 
 wildcard_constraints:
@@ -69,10 +83,7 @@ wildcard_constraints:
 
 def is_path(ref):
     """A local folder rather than a hub id (the rule of rspo.models.check_reference)."""
-    path = Path(ref).expanduser()
-    return (
-        path.exists() or path.is_absolute() or ref.startswith(".") or ref.count("/") > 1
-    )
+    return Path(ref).expanduser().exists() or looks_like_path(ref)
 
 
 def as_input(ref):
