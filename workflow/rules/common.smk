@@ -51,11 +51,17 @@ def resolve_regs(value):
 REGS = resolve_regs(config["reg"])
 ITERS = list(range(1, config["iterations"] + 1))
 
-if len(config["prompts"]) < config["iterations"]:
+if len(config["prompts"]) < config["iterations"] and not config["cycle_prompts"]:
     raise WorkflowError(
         f"config prompts lists {len(config['prompts'])} prompt set(s) but iterations = "
-        f"{config['iterations']}: give one prompt set per iteration"
+        f"{config['iterations']}: give one prompt set per iteration, or set cycle_prompts: true"
     )
+
+
+def iteration_prompts(t):
+    """The prompt source of iteration t: prompts[t-1], or prompts[(t-1) mod n] with cycle_prompts."""
+    n = len(config["prompts"])
+    return config["prompts"][(t - 1) % n if config["cycle_prompts"] else t - 1]
 
 
 wildcard_constraints:
@@ -126,9 +132,7 @@ def hub_references():
         config["judge"]["model"],
         config["evaluation"]["annotator"]["model"],
     ]
-    sources = config["prompts"][: config["iterations"]] + [
-        config["evaluation"]["prompts"]
-    ]
+    sources = [iteration_prompts(t) for t in ITERS] + [config["evaluation"]["prompts"]]
     return [m for m in models if m and not is_path(m)] + [
         s["dataset"] for s in sources if s.get("dataset")
     ]
@@ -251,7 +255,7 @@ def needs_ref_samples(reg):
 def prompt_params(wildcards):
     """PromptSource of results/prompts/{split}.jsonl (iter{t}, eval, or selfbleu = eval's first ones)."""
     if wildcards.split.startswith("iter"):
-        return as_json(config["prompts"][int(wildcards.split[4:]) - 1])
+        return as_json(iteration_prompts(int(wildcards.split[4:])))
     source = dict(config["evaluation"]["prompts"])
     if wildcards.split == "selfbleu":
         wanted = config["evaluation"]["self_bleu"]["num_instructions"]
