@@ -96,6 +96,12 @@ def test_truncation_keeps_prompt_end_then_cuts_responses(tok):
     assert list(chosen.input_ids) == full_prompt[-20:] + long_ids[:16]
     assert chosen.input_ids[-1] != tok.eos_token_id
     assert list(rejected.input_ids) == full_prompt[-20:] + short_ids  # shorter than 16: unchanged
+    # the same rule on sampled ids (scored as they are, no EOS added)
+    sampled = [long_ids[:-1], short_ids]  # a "length" response (no EOS) and a "stop" one
+    chosen, rejected = encode_group(tok, prompt, [long_resp, short_resp], max_length=36, max_prompt_length=20,
+                                    token_ids=sampled)
+    assert list(chosen.input_ids) == full_prompt[-20:] + long_ids[:16]
+    assert list(rejected.input_ids) == full_prompt[-20:] + short_ids
 
     # 3) fits: nothing is cut
     (enc,) = encode_group(tok, prompt, [short_resp], max_length=1024, max_prompt_length=512)
