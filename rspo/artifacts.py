@@ -2,7 +2,8 @@
 
 Every table is JSONL. Its first line is a header ``{"rspo_schema": KIND, "version": N}``; each
 further line is one row. :data:`SCHEMAS` lists the required fields (and their JSON types) of each
-kind; ``docs/artefacts.md`` documents them. Readers check the header and every row and name the
+kind, and the optional ones whose type is checked when a row has them (files written before a field
+existed stay readable); ``docs/artefacts.md`` documents them. Readers check the header and every row and name the
 file, the line and the field on error. Writers write to a temporary name in the same folder and
 rename it into place, so a killed step never leaves a half-written output behind; written files
 get the mode a plain ``open()`` gives under the umask (readable by others under umask 022), and a
@@ -18,7 +19,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ class Schema:
     kind: str
     version: int
     fields: dict[str, type | tuple[type, ...]]  # required fields and their JSON types
+    optional: dict[str, type | tuple[type, ...]] = field(default_factory=dict)  # checked when present
 
 
 _NUM = (int, float)
@@ -52,8 +54,9 @@ SCHEMAS: dict[str, Schema] = {
                 "num_tokens": list,  # K ints (generated tokens)
                 "finish_reasons": list,  # K of "stop" | "length"
                 "generator": str,  # model path or id
-                "sampling": dict,  # temperature, top_p, max_new_tokens, seed, n, backend
+                "sampling": dict,  # temperature, top_p, max_new_tokens, seed, n, backend, seeding
             },
+            {"token_ids": list},  # K lists of the sampled ids (eos of a "stop" response included)
         ),
         # K x K preference logits per prompt (rspo score); logits[i][j] = logit(i beats j)
         Schema("preferences", 1, {"prompt_id": str, "judge": str, "logits": list}),
@@ -72,6 +75,7 @@ SCHEMAS: dict[str, Schema] = {
                 "p_rejected": _NUM,
                 "scores": list,
             },
+            {"chosen_token_ids": list, "rejected_token_ids": list},  # the sampled ids, when generation kept them
         ),
         Schema(
             "pairs_logps",
@@ -90,6 +94,7 @@ SCHEMAS: dict[str, Schema] = {
                 "chosen_tokens": int,
                 "rejected_tokens": int,
             },
+            {"chosen_token_ids": list, "rejected_token_ids": list},
         ),
         # per optimizer step (rspo train)
         Schema("train_log", 1, {"step": int, "loss": _NUM, "lr": _NUM}),
@@ -201,6 +206,9 @@ def _check_row(row: Any, schema: Schema, where: str) -> None:
         value = row[name]
         if not isinstance(value, tp) or (tp in (int, _NUM) and isinstance(value, bool)):
             raise ArtifactError(f"{where}: field {name!r} has type {type(value).__name__}, expected {tp}")
+    for name, tp in schema.optional.items():
+        if name in row and not isinstance(row[name], tp):
+            raise ArtifactError(f"{where}: field {name!r} has type {type(row[name]).__name__}, expected {tp}")
 
 
 def write_table(path: str | Path, rows: Iterable[dict[str, Any]], kind: str) -> int:

@@ -57,6 +57,9 @@ class SamplingConfig:
     top_p: float = 0.9
     max_new_tokens: int = 2048
     seed: int = 0
+    # "per_sample": sample k of prompt x has its own stream (transformers) / one request with n=K (vllm);
+    # "passes": the authors' generate.py, K passes over all prompts, pass p seeded with seed + 50 p
+    seeding: str = "per_sample"
 
 
 @dataclass
@@ -80,6 +83,9 @@ class JudgeConfig:
     beta: float = 5.0  # scale of score differences -> logits (embedded judge)
     cache_dir: str | None = None  # on-disk cache of pair judgements
     options: dict[str, Any] = field(default_factory=dict)  # judge-specific extras
+    # what the judge reads as the prompt: "raw" (the instruction) or "chat" (the policy's chat-formatted
+    # prompt string, as the authors' rank.py gives PairRM); `rspo score` only
+    prompt_form: str = "raw"
 
 
 @dataclass
@@ -99,10 +105,13 @@ class TrainConfig:
     max_prompt_length: int = 512
     precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU | fp32 | bf16
     gradient_checkpointing: bool = False
-    max_grad_norm: float | None = 1.0  # HF Trainer's default, in force in the authors' recipe
+    # gradient-norm clipping; None = none. The authors' runs did not clip: HF Trainer's max_grad_norm=1.0
+    # is a no-op under their DeepSpeed config, which sets no gradient_clipping (docs/implementation-details.md)
+    max_grad_norm: float | None = 1.0
     seed: int = 42
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = only at the end)
     logps_batch_size: int = 8  # batch size of the log-prob cache step
+    save_dtype: str = "fp32"  # dtype of the saved iterate: fp32 | bf16 (the authors: DeepSpeed's 16-bit save)
 
 
 @dataclass
@@ -140,9 +149,10 @@ class RSPOConfig:
     reg: str = "mixed"
     regularizers: dict[str, dict[str, float]] = field(default_factory=dict)
     iterations: int = 3
-    policy: str = "resources/models/smollm2-135m-instruct"
+    policy: str = "resources/models/smollm2-135m-instruct"  # folder, hub id, or HUB_ID@REVISION (pinned)
     reference: str | None = None  # mu; None = the policy
     prompts: list[PromptSource] = field(default_factory=lambda: [PromptSource(embedded="train1")])
+    cycle_prompts: bool = False  # iteration t uses prompts[(t-1) mod len]; False = one set per iteration
     generation: GenerateConfig = field(default_factory=GenerateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -9,19 +9,27 @@ prompt's END kept when it is longer than ``max_prompt_length``): the same tokens
   decoded token by token with a KV cache (:func:`generate_with_model`). The prompt is run once and
   its cache repeated for the K samples. Sampling is temperature then top-p (nucleus); temperature 0
   is greedy. Randomness is per response: sample k of prompt ``prompt_id`` draws its uniforms from
-  its own ``torch.Generator`` seeded by :func:`sample_seed` (seed, prompt_id, k), and picks the
-  token by inverse-CDF. So a response does not depend on which prompts share its batch, on the
-  batch size, on the prompt order, or on K (sample k is the same for n=3 and n=5); it changes
-  only through the floating-point noise that different padding / batch shapes put into the logits
-  (exactly the same config on the same machine gives identical output).
-- ``vllm`` (GPU): one ``LLM.generate`` call over all prompts, each prompt ONE request with
-  ``SamplingParams(n=K, temperature, top_p, max_tokens, seed)``, prompts passed as token ids.
-  vLLM seeds each request's generator with ``seed``; its samples differ from the transformers
-  backend's. vllm is imported only here, and only when asked for.
+  its own ``torch.Generator`` seeded by :func:`stream_seed`, and picks the token by inverse-CDF.
+  So a response does not depend on which prompts share its batch, on the batch size, on the
+  prompt order, or on K (sample k is the same for n=3 and n=5); it changes only through the
+  floating-point noise that different padding / batch shapes put into the logits (exactly the same
+  config on the same machine gives identical output).
+- ``vllm`` (GPU): prompts passed as token ids. ``seeding: per_sample``: one ``LLM.generate`` call
+  over all prompts, each prompt ONE request with ``SamplingParams(n=K, temperature, top_p,
+  max_tokens, seed)``; vLLM seeds each request's generator with ``seed``. ``seeding: passes``: the
+  authors' ``generate.py``, K calls over all prompts with ``n=1``, call p seeded with
+  ``seed + 50 p``. Its samples differ from the transformers backend's. vllm is imported only here,
+  and only when asked for.
 
-Per response: the text (decoded without special tokens, so without the eos), the number of
-generated tokens (counting the eos that ended it) and the finish reason, ``"stop"`` (eos) or
-``"length"`` (``max_new_tokens`` reached).
+Seeding (``SamplingConfig.seeding``): ``per_sample`` (default) seeds sample k of prompt x with
+:func:`sample_seed` (seed, prompt_id, k); ``passes`` seeds sample k of EVERY prompt with
+:func:`pass_seed` = ``seed + 50 k`` (the authors' K passes with seeds 0, 50, 100, ... when seed = 0),
+on both backends.
+
+Per response: the text (decoded without special tokens, so without the eos), the sampled token ids
+(every generated token, the eos that ended a ``"stop"`` response included), the number of generated
+tokens (= their count) and the finish reason, ``"stop"`` (eos) or ``"length"`` (``max_new_tokens``
+reached). ``rspo logps`` and ``rspo train`` score exactly these ids after the prompt's ids.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("transformers", "vllm")
 FINISH_REASONS = ("stop", "length")
+SEEDINGS = ("per_sample", "passes")
+PASS_SEED_STRIDE = 50  # the authors' generate.py: pass p uses seed p * 50
 VLLM_MISSING = "the vllm generation backend needs vLLM and a CUDA GPU: pip install 'rspo[gpu]'"
 
 
@@ -48,6 +58,7 @@ class Completion:
     text: str
     num_tokens: int  # generated tokens, the terminating eos included
     finish_reason: str  # "stop" | "length"
+    token_ids: tuple[int, ...] = ()  # the sampled ids (len == num_tokens), the terminating eos included
 
 
 # --------------------------------------------------------------------------- public interface
@@ -70,6 +81,8 @@ def check_config(cfg: GenerateConfig) -> None:
         problems.append(f"batch_size={cfg.batch_size} (need >= 1)")
     if cfg.max_prompt_length is not None and cfg.max_prompt_length < 1:
         problems.append(f"max_prompt_length={cfg.max_prompt_length} (need >= 1 or null)")
+    if s.seeding not in SEEDINGS:
+        problems.append(f"sampling.seeding={s.seeding!r} (allowed: {', '.join(SEEDINGS)})")
     if problems:
         raise RSPOError("invalid generation config: " + "; ".join(problems))
 
@@ -78,7 +91,7 @@ def sampling_record(cfg: GenerateConfig) -> dict:
     """The ``sampling`` field of every responses row."""
     s = cfg.sampling
     return {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
-            "seed": s.seed, "n": s.n, "backend": cfg.backend}
+            "seed": s.seed, "n": s.n, "backend": cfg.backend, "seeding": s.seeding}
 
 
 def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progress: bool = True) -> list[dict]:
@@ -101,6 +114,7 @@ def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progr
             "prompt_id": pid,
             "prompt": text,
             "responses": [c.text for c in outs],
+            "token_ids": [list(c.token_ids) for c in outs],
             "num_tokens": [c.num_tokens for c in outs],
             "finish_reasons": [c.finish_reason for c in outs],
             "generator": str(model_ref),
@@ -117,6 +131,18 @@ def sample_seed(seed: int, prompt_id: str, k: int) -> int:
     """The seed of sample ``k`` of prompt ``prompt_id``: a hash, so streams are independent."""
     digest = hashlib.sha256(f"{seed}\x00{prompt_id}\x00{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def pass_seed(seed: int, k: int) -> int:
+    """The seed of pass ``k`` (``seeding: passes``): ``seed + 50 k``, shared by every prompt of the pass."""
+    return seed + PASS_SEED_STRIDE * k
+
+
+def stream_seed(sampling: SamplingConfig, prompt_id: str, k: int) -> int:
+    """The seed of the random stream of sample ``k`` of ``prompt_id`` under ``sampling.seeding``."""
+    if sampling.seeding == "passes":
+        return pass_seed(sampling.seed, k)
+    return sample_seed(sampling.seed, prompt_id, k)
 
 
 TOP_P_CANDIDATES = 256  # top-p looks at the 256 most likely tokens first; rows whose nucleus is larger sort all
@@ -246,8 +272,8 @@ def _generate_batch(model, tokenizer, encoded: list[list[int]], prompt_ids: list
     use_positions = "position_ids" in accepted
     cache_name = "cache" if "cache" in accepted else "past_key_values"  # renamed during transformers 5.x
 
-    # rows are (prompt, sample) in prompt-major order; each row has its own random stream
-    generators = [torch.Generator().manual_seed(sample_seed(s.seed, pid, j)) for pid in prompt_ids for j in range(k)]
+    # rows are (prompt, sample) in prompt-major order; each row has its own generator (seeded by stream_seed)
+    generators = [torch.Generator().manual_seed(stream_seed(s, pid, j)) for pid in prompt_ids for j in range(k)]
     rows = len(generators)
     tokens: list[list[int]] = [[] for _ in range(rows)]
     finished = [False] * rows
@@ -290,6 +316,7 @@ def _generate_batch(model, tokenizer, encoded: list[list[int]], prompt_ids: list
             text=tokenizer.decode(body, skip_special_tokens=True),
             num_tokens=len(toks),
             finish_reason="stop" if finished[r] else "length",
+            token_ids=tuple(toks),
         ))
     return [completions[i * k:(i + 1) * k] for i in range(len(encoded))]
 
@@ -313,31 +340,46 @@ def _vllm_dtype(name: str) -> str:
 
 
 def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig) -> list[list[Completion]]:
-    """K completions per prompt with vLLM: one request per prompt with ``n=K`` (needs a GPU)."""
+    """K completions per prompt with vLLM (needs a GPU): one request per prompt with ``n=K``, or with
+    ``seeding: passes`` K passes over all prompts with ``n=1`` and the pass's seed."""
     vllm = import_vllm()
-    from rspo.models import check_reference, load_tokenizer
+    from rspo.models import load_tokenizer, resolve_model
 
     check_config(cfg)
     s = cfg.sampling
-    path = check_reference(model_ref, "model")
+    path, revision = resolve_model(model_ref, "model")
+    pinned = {"revision": revision, "tokenizer_revision": revision} if revision else {}
     tokenizer = load_tokenizer(model_ref, padding_side="left")
     encoded = prompt_token_ids(tokenizer, prompts, cfg.max_prompt_length)
     llm = vllm.LLM(model=path, tokenizer=path, tensor_parallel_size=cfg.tensor_parallel_size,
-                   dtype=_vllm_dtype(cfg.dtype), gpu_memory_utilization=cfg.gpu_memory_utilization, seed=s.seed)
-    params = vllm.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-                                 seed=s.seed)
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=True)
-    if len(outputs) != len(prompts):
-        raise RSPOError(f"vllm returned {len(outputs)} results for {len(prompts)} prompts")
+                   dtype=_vllm_dtype(cfg.dtype), gpu_memory_utilization=cfg.gpu_memory_utilization, seed=s.seed,
+                   **pinned)
+    requests = [{"prompt_token_ids": ids} for ids in encoded]
+
+    def run(n: int, seed: int) -> list:
+        params = vllm.SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
+                                     seed=seed)
+        outputs = llm.generate(requests, params, use_tqdm=True)
+        if len(outputs) != len(prompts):
+            raise RSPOError(f"vllm returned {len(outputs)} results for {len(prompts)} prompts")
+        samples = [sorted(request.outputs, key=lambda o: o.index) for request in outputs]
+        for i, got in enumerate(samples):
+            if len(got) != n:
+                raise RSPOError(f"vllm returned {len(got)} samples for prompt {i}, expected n={n}")
+        return samples
+
+    if s.seeding == "passes":
+        passes = [run(1, pass_seed(s.seed, k)) for k in range(s.n)]
+        per_prompt = [[passes[k][i][0] for k in range(s.n)] for i in range(len(prompts))]
+    else:
+        per_prompt = run(s.n, s.seed)
     results = []
-    for i, request in enumerate(outputs):
-        samples = sorted(request.outputs, key=lambda o: o.index)
-        if len(samples) != s.n:
-            raise RSPOError(f"vllm returned {len(samples)} samples for prompt {i}, expected n={s.n}")
+    for i, samples in enumerate(per_prompt):
         row = []
-        for o in samples:
+        for k, o in enumerate(samples):
             if o.finish_reason not in FINISH_REASONS:
-                raise RSPOError(f"vllm finished prompt {i} sample {o.index} with reason {o.finish_reason!r}")
-            row.append(Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason=o.finish_reason))
+                raise RSPOError(f"vllm finished prompt {i} sample {k} with reason {o.finish_reason!r}")
+            ids = tuple(int(t) for t in o.token_ids)
+            row.append(Completion(text=o.text, num_tokens=len(ids), finish_reason=o.finish_reason, token_ids=ids))
         results.append(row)
     return results

@@ -6,9 +6,13 @@ numbers the cache stores and the numbers the trainer computes come from the same
 
 * the prompt is formatted with :func:`rspo.chat.encode_prompt` (the model's chat template, exactly
   as generation formats it; no extra BOS);
-* the response is tokenized on its own (``add_special_tokens=False``) and the tokenizer's EOS is
-  appended, as TRL-0.9.6 ``DPOTrainer.tokenize_row`` (the authors' trainer) does: the EOS token
-  COUNTS as a response token;
+* the response is the token ids generation SAMPLED (``token_ids`` of the responses table, carried
+  by the pairs as ``chosen_token_ids`` / ``rejected_token_ids``), scored as they are: a response
+  that ended with EOS has it among its ids (it COUNTS as a response token) and no second one is
+  added; a response cut at ``max_new_tokens`` has no EOS and gets none;
+* a response without ids (a text from an external file) is tokenized jointly with the prompt and
+  split at the prompt boundary (:func:`response_ids_from_text`), and the tokenizer's EOS is appended,
+  as TRL's ``DPOTrainer.tokenize_row`` (the authors' trainer) does;
 * truncation is ``tokenize_row``'s, applied to a group of responses sharing a prompt (the chosen and
   rejected of a pair): if ``prompt + longest response > max_length`` the prompt keeps its last
   ``max_prompt_length`` tokens; if still too long, every response of the group is cut to its first
@@ -20,6 +24,7 @@ numbers the cache stores and the numbers the trainer computes come from the same
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,7 +32,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
+
 IGNORE_INDEX = -100
+_warned_boundary = False  # one warning per process when a text response straddles the prompt boundary
 
 
 @dataclass(frozen=True)
@@ -42,22 +50,74 @@ class Encoded:
         return len(self.input_ids) - self.prompt_len
 
 
+def response_ids_from_text(tokenizer, prompt_text: str, prompt_ids: Sequence[int], response: str) -> list[int]:
+    """The ids of a response TEXT as it follows ``prompt_text`` (whose ids are ``prompt_ids``).
+
+    The authors' (TRL's) way: tokenize ``prompt_text + response`` jointly and take what follows the
+    prompt's ids, so a SentencePiece tokenizer does not prepend its word-start marker to the response
+    as it does to a text encoded alone. When a token straddles the boundary (the joint encoding does
+    not start with ``prompt_ids``; TRL then moves the boundary and alters the prompt) the response is
+    encoded alone instead, so that the prompt keeps generation's ids; a warning says so once.
+    """
+    global _warned_boundary
+    full = tokenizer(prompt_text + response, add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids)
+    if list(full[:n]) == list(prompt_ids):
+        return list(full[n:])
+    if not _warned_boundary:
+        _warned_boundary = True
+        log.warning("a response text merges with the end of its prompt when tokenized jointly; such responses "
+                    "are tokenized on their own (responses with sampled token ids are not affected)")
+    return list(tokenizer(response, add_special_tokens=False)["input_ids"])
+
+
+def _check_ids(tokenizer, ids: Sequence[int]) -> list[int]:
+    from rspo.artifacts import ArtifactError
+
+    n = len(tokenizer)
+    bad = [t for t in ids if type(t) is not int or not 0 <= t < n]
+    if bad:
+        raise ArtifactError(f"sampled token id {bad[0]!r} is not one of the tokenizer's {n} ids: token ids from "
+                            f"another tokenizer?")
+    return list(ids)
+
+
 def encode_group(
-    tokenizer, prompt: str, responses: Sequence[str], *, max_length: int, max_prompt_length: int
+    tokenizer,
+    prompt: str,
+    responses: Sequence[str],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    token_ids: Sequence[Sequence[int] | None] | None = None,
 ) -> list[Encoded]:
     """Tokenize ``responses`` after one chat-formatted ``prompt`` with the authors' truncation rule.
 
-    The rule is decided once for the whole group (TRL's ``longer_response_length``), so the chosen and
-    rejected of a pair are truncated together; see the module docstring.
+    ``token_ids[k]`` (when given and not None) are the ids generation sampled for response k: they are
+    scored exactly, with no EOS added; a response without ids is encoded from its text
+    (:func:`response_ids_from_text`) with the tokenizer's EOS appended. The truncation rule is decided
+    once for the whole group (TRL's ``longer_response_length``), so the chosen and rejected of a pair
+    are truncated together; see the module docstring.
     """
-    from rspo.chat import encode_prompt
+    from rspo.chat import encode_prompt, format_prompt
 
     if not 0 < max_prompt_length < max_length:
         raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token (it is appended to every response)")
+    if token_ids is not None and len(token_ids) != len(responses):
+        raise ValueError(f"{len(token_ids)} token id lists for {len(responses)} responses")
     prompt_ids = encode_prompt(tokenizer, prompt)
-    resp_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in responses]
+    prompt_text = None
+    resp_ids = []
+    for k, text in enumerate(responses):
+        ids = None if token_ids is None else token_ids[k]
+        if ids is not None:
+            resp_ids.append(_check_ids(tokenizer, ids))
+            continue
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token (it is appended to every response given as text)")
+        if prompt_text is None:
+            prompt_text = format_prompt(tokenizer, prompt)
+        resp_ids.append(response_ids_from_text(tokenizer, prompt_text, prompt_ids, text) + [tokenizer.eos_token_id])
     longest = max((len(r) for r in resp_ids), default=0)
     if len(prompt_ids) + longest > max_length:
         prompt_ids = prompt_ids[-max_prompt_length:]
@@ -182,8 +242,14 @@ def score(
     return sums, counts
 
 
+def pair_token_ids(row: dict) -> list[Sequence[int] | None]:
+    """``[chosen ids, rejected ids]`` of a ``pairs`` row (None where the row has none: text only)."""
+    return [row.get("chosen_token_ids"), row.get("rejected_token_ids")]
+
+
 def encode_pairs(tokenizer, rows: Sequence[dict], *, max_length: int, max_prompt_length: int) -> list[Encoded]:
-    """``[chosen_0, rejected_0, chosen_1, rejected_1, ...]`` of ``pairs`` rows, truncated pairwise."""
+    """``[chosen_0, rejected_0, chosen_1, rejected_1, ...]`` of ``pairs`` rows, truncated pairwise;
+    the sampled ids where the rows carry them (``chosen_token_ids`` / ``rejected_token_ids``)."""
     seqs: list[Encoded] = []
     for row in rows:
         seqs.extend(
@@ -193,6 +259,7 @@ def encode_pairs(tokenizer, rows: Sequence[dict], *, max_length: int, max_prompt
                 [row["chosen"], row["rejected"]],
                 max_length=max_length,
                 max_prompt_length=max_prompt_length,
+                token_ids=pair_token_ids(row),
             )
         )
     return seqs

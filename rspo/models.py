@@ -1,8 +1,12 @@
 """Loading models and tokenizers by local path or hub id, with a clear error offline.
 
-A reference is a local folder (used as is) or a Hugging Face hub id. With ``HF_HUB_OFFLINE=1``, or
-when the hub cannot be reached, a hub id that is not already in the local cache fails at once with
-:class:`~rspo.errors.HubUnavailableError` naming the id, instead of a stack trace or a long retry.
+A reference is a local folder (used as is) or a Hugging Face hub id, optionally pinned to a revision
+(a commit, tag or branch) as ``HUB_ID@REVISION``, e.g.
+``mistralai/Mistral-7B-Instruct-v0.2@1296dc8fd9b21e6424c9c305c06db9ae60c03ace``: every loader here
+passes the revision on (``from_pretrained(..., revision=...)``, the local cache's snapshot of that
+revision offline). With ``HF_HUB_OFFLINE=1``, or when the hub cannot be reached, a hub id that is not
+already in the local cache fails at once with :class:`~rspo.errors.HubUnavailableError` naming the id,
+instead of a stack trace or a long retry.
 """
 
 from __future__ import annotations
@@ -29,45 +33,80 @@ def looks_like_path(ref: str) -> bool:
 
 
 def in_hub_cache(ref: str, repo_type: str = "model") -> bool:
-    """Whether hub repository ``ref`` can be loaded from the local cache alone (no network).
+    """Whether hub repository ``ref`` (``HUB_ID`` or ``HUB_ID@REVISION``) loads from the local cache alone.
 
     Models: a snapshot in the hub cache. Datasets: a snapshot there, or a folder of the
     ``datasets`` library's own cache (``org___name``), which ``load_dataset`` reads offline.
     """
+    name, revision = split_revision(ref)
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(ref, repo_type=repo_type, local_files_only=True)
+        snapshot_download(name, revision=revision, repo_type=repo_type, local_files_only=True)
         return True
     except Exception:  # not cached (or huggingface_hub missing): a miss, never a network call
         pass
     if repo_type == "dataset":
         home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
         cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets")).expanduser()
-        return (cache / ref.replace("/", "___")).is_dir()
+        return (cache / name.replace("/", "___")).is_dir()
     return False
 
 
-def check_reference(ref: str, what: str = "model") -> str:
-    """Return ``ref`` if it is a local folder or loadable from the hub (cache); else raise clearly."""
+def split_revision(ref: str) -> tuple[str, str | None]:
+    """``HUB_ID@REVISION`` -> ``(HUB_ID, REVISION)``; a local folder or an unpinned id -> ``(ref, None)``."""
+    if not ref or is_local(ref) or "@" not in ref:
+        return ref, None
+    name, _, revision = ref.rpartition("@")
+    if not name or not revision:
+        raise RSPOError(f"model reference {ref!r}: expected a local folder, HUB_ID or HUB_ID@REVISION")
+    return name, revision
+
+
+def resolve_model(ref: str, what: str = "model") -> tuple[str, str | None]:
+    """``(path or hub id, revision)`` to hand to ``from_pretrained(path, revision=revision)``.
+
+    A local folder -> ``(folder, None)``. A hub id offline -> the local cache's snapshot of the pinned
+    revision (or of the default branch), ``(snapshot folder, None)``; not cached -> HubUnavailableError.
+    A hub id online -> ``(hub id, revision)``, downloaded by the loader itself.
+    """
     if not ref:
         raise RSPOError(f"no {what} given")
     if is_local(ref):
-        return str(Path(ref).expanduser())
-    if looks_like_path(ref):
+        return str(Path(ref).expanduser()), None
+    name, revision = split_revision(ref)
+    if looks_like_path(name):
         raise RSPOError(f"{what} {ref!r}: no such local folder")
     if hub_offline():
         try:
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(ref, local_files_only=True)
+            return snapshot_download(name, revision=revision, local_files_only=True), None
         except Exception:
+            pinned = f" at revision {revision}" if revision else ""
             raise HubUnavailableError(
                 f"{what} {ref!r} is a Hugging Face hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
-                f"cache. Download it where the hub is reachable (huggingface-cli download {ref}) or give a "
-                f"local folder instead."
+                f"cache{pinned}. Download it where the hub is reachable (huggingface-cli download {name}"
+                f"{f' --revision {revision}' if revision else ''}) or give a local folder instead."
             ) from None
-    return ref
+    return name, revision
+
+
+def check_reference(ref: str, what: str = "model") -> str:
+    """Return ``ref`` if it is a local folder or loadable from the hub (cache); else raise clearly.
+
+    A pinned hub id (``HUB_ID@REVISION``) comes back as a local folder holding that revision (the
+    cached snapshot offline, downloaded online), so a caller that reads files from it gets the pinned
+    revision; an unpinned hub id comes back as it is (offline: its cached snapshot)."""
+    path, revision = resolve_model(ref, what)
+    if revision is None:
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, revision=revision)
+    except Exception as exc:
+        raise HubUnavailableError(f"{what} {ref!r} could not be downloaded: {str(exc).splitlines()[0]}") from None
 
 
 def resolve_dtype(name: str = "auto"):
@@ -106,8 +145,9 @@ def load_tokenizer(ref: str, padding_side: str = "left", chat_template: bool = T
     (:func:`rspo.chat.require_chat_template`), raised before any model is loaded."""
     from transformers import AutoTokenizer
 
-    path = check_reference(ref, "tokenizer")
-    tok = _wrap_hub_errors(ref, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
+    path, revision = resolve_model(ref, "tokenizer")
+    pinned = {"revision": revision} if revision else {}
+    tok = _wrap_hub_errors(ref, "tokenizer", lambda: AutoTokenizer.from_pretrained(path, **pinned))
     if chat_template:
         from rspo.chat import require_chat_template
 
@@ -122,9 +162,10 @@ def load_causal_lm(ref: str, dtype: str = "auto", device: str | None = None, tra
     """``AutoModelForCausalLM`` on ``device`` (default: cuda if available), eval mode unless trainable."""
     from transformers import AutoModelForCausalLM
 
-    path = check_reference(ref, "model")
+    path, revision = resolve_model(ref, "model")
+    pinned = {"revision": revision} if revision else {}
     model = _wrap_hub_errors(
-        ref, "model", lambda: AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+        ref, "model", lambda: AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), **pinned)
     )
     model.to(device or default_device())
     if trainable:

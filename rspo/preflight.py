@@ -144,10 +144,10 @@ def check_relations(cfg: RSPOConfig) -> None:
             f"train.max_prompt_length = {t.max_prompt_length} must be less than train.max_length = {t.max_length} "
             "(the prompt keeps at most max_prompt_length tokens of the max_length; responses need the rest)"
         )
-    if len(cfg.prompts) < cfg.iterations:
+    if len(cfg.prompts) < cfg.iterations and not cfg.cycle_prompts:
         raise ConfigError(
             f"prompts: lists {len(cfg.prompts)} prompt set(s) but iterations = {cfg.iterations}: "
-            "give one prompt set per iteration"
+            "give one prompt set per iteration, or set cycle_prompts: true"
         )
     for key, judge in (("judge", cfg.judge), ("evaluation.annotator", cfg.evaluation.annotator)):
         if judge.name in ("reward_model", "llm", "alpaca_eval_vllm") and not judge.model:

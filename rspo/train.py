@@ -24,7 +24,8 @@ step, the epoch's data order and the log so far go to ``DIR.partial/checkpoint``
 and renamed into place). A restarted run with the same inputs resumes there and ends with the same
 weights as an uninterrupted one. A non-finite loss or gradient norm raises :class:`RSPOError`
 naming the step and keeps the last good checkpoint. The final model is written with
-``save_pretrained`` (+ tokenizer + ``manifest.json``) to a temporary folder and renamed onto DIR.
+``save_pretrained`` (+ tokenizer + ``manifest.json``) to a temporary folder and renamed onto DIR, its
+floating-point weights in ``save_dtype`` (fp32, or bf16 as the authors' DeepSpeed 16-bit save).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("rmsprop", "adamw")
 SCHEDULERS = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
+SAVE_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # save_dtype -> torch dtype name
 
 
 class NonFiniteLossError(RSPOError):
@@ -88,6 +90,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"TrainConfig.checkpoint_every: must be >= 0, got {cfg.checkpoint_every}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
         raise ConfigError(f"TrainConfig.max_grad_norm: must be > 0 or null, got {cfg.max_grad_norm}")
+    if cfg.save_dtype not in SAVE_DTYPES:
+        raise ConfigError(f"TrainConfig.save_dtype: unknown {cfg.save_dtype!r}; allowed: {list(SAVE_DTYPES)}")
     resolve_precision(cfg.precision)
 
 
@@ -134,29 +138,36 @@ def _check_rows(rows: Sequence[dict], source: str) -> None:
             raise ArtifactError(f"{source}: prompt_id {pid!r}: non-finite or out-of-range value(s) {bad or 'p_*'}")
 
 
+RefSample = tuple[str, Sequence[int] | None]  # (text, sampled token ids or None)
+
+
 def build_examples(
     tokenizer,
     rows: Sequence[dict],
     cfg: TrainConfig,
-    ref_samples: Mapping[str, Sequence[str]] | None = None,
+    ref_samples: Mapping[str, Sequence[str | RefSample]] | None = None,
     source: str = "pairs_logps",
 ) -> list[PairExample]:
-    """``pairs_logps`` rows -> :class:`PairExample`; ``ref_samples`` maps prompt_id -> mu's responses."""
+    """``pairs_logps`` rows -> :class:`PairExample`; ``ref_samples`` maps prompt_id -> mu's responses
+    (texts, or ``(text, sampled ids)``). Sampled ids are scored as they are (:func:`rspo.logps.encode_group`)."""
     from rspo.artifacts import ArtifactError
-    from rspo.logps import encode_group
+    from rspo.logps import encode_group, pair_token_ids
 
     _check_rows(rows, source)
     out = []
     for row in rows:
         kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
-        chosen, rejected = encode_group(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], **kw)
+        chosen, rejected = encode_group(tokenizer, row["prompt"], [row["chosen"], row["rejected"]],
+                                        token_ids=pair_token_ids(row), **kw)
         samples: tuple[Encoded, ...] = ()
         if ref_samples is not None:
             texts = ref_samples.get(row["prompt_id"])
             if not texts:
                 raise ArtifactError(f"no reference sample (mu's responses) for prompt_id {row['prompt_id']!r} of {source}")
+            items = [(t, None) if isinstance(t, str) else t for t in texts]
             # each sample is truncated on its own (a group of one), like a pair
-            samples = tuple(encode_group(tokenizer, row["prompt"], [t], **kw)[0] for t in texts)
+            samples = tuple(encode_group(tokenizer, row["prompt"], [text], token_ids=[ids], **kw)[0]
+                            for text, ids in items)
         out.append(
             PairExample(
                 prompt_id=row["prompt_id"],
@@ -399,26 +410,63 @@ class Checkpoints:
 # --------------------------------------------------------------------------- inputs and outputs
 
 
-def load_ref_samples(path: str | Path | None, rows: Sequence[dict], pairs: Path) -> dict[str, list[str]]:
-    """prompt_id -> mu's responses from a ``responses`` table; every pair's prompt must be there."""
+def load_ref_samples(path: str | Path | None, rows: Sequence[dict], pairs: Path) -> dict[str, list[RefSample]]:
+    """prompt_id -> mu's responses ``(text, sampled ids or None)`` from a ``responses`` table; every
+    pair's prompt must be there."""
     from rspo.artifacts import ArtifactError, read_table
 
     if path is None:
         raise RSPOError("the forward_kl regularizer needs --ref-samples (a responses table of mu's samples)")
-    by_id: dict[str, list[str]] = {}
+    by_id: dict[str, list[RefSample]] = {}
     for r in read_table(path, "responses"):
         if not r["responses"]:
             raise ArtifactError(f"{path}: prompt_id {r['prompt_id']!r} has no responses")
-        by_id[r["prompt_id"]] = r["responses"]
+        ids = r.get("token_ids") or [None] * len(r["responses"])
+        if len(ids) != len(r["responses"]):
+            raise ArtifactError(f"{path}: prompt_id {r['prompt_id']!r}: {len(ids)} token_ids for "
+                                f"{len(r['responses'])} responses")
+        by_id[r["prompt_id"]] = list(zip(r["responses"], ids))
     missing = [r["prompt_id"] for r in rows if r["prompt_id"] not in by_id]
     if missing:
         raise ArtifactError(f"{path}: no samples of mu for {len(missing)} prompt_id(s) of {pairs}, e.g. {missing[0]!r}")
     return by_id
 
 
-def save_model(accelerator, net, tokenizer, out_dir: Path, meta: dict) -> None:
-    """``save_pretrained`` (gathered under ZeRO-3/FSDP) + tokenizer + ``manifest.json`` into a temporary
-    folder beside ``out_dir``, renamed onto it."""
+def cast_state_dict(state_dict: dict | None, save_dtype: str) -> dict | None:
+    """Floating-point tensors in ``save_dtype`` (round to nearest); other tensors as they are. Tensors
+    that share memory (tied embeddings) stay shared, so ``save_pretrained`` still writes them once."""
+    import torch
+
+    if state_dict is None:  # not the main process under some sharded setups
+        return None
+    dtype = getattr(torch, SAVE_DTYPES[save_dtype])
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k, v in state_dict.items():
+        if not torch.is_floating_point(v):
+            out[k] = v
+            continue
+        same = (v.data_ptr(), tuple(v.shape), v.stride(), v.dtype)
+        if same not in cast:
+            cast[same] = v.to(dtype)
+        out[k] = cast[same]
+    return out
+
+
+def set_config_dtype(config_json: Path, save_dtype: str) -> None:
+    """Write the saved weights' dtype into ``config.json`` (``save_pretrained`` writes the in-memory model's)."""
+    if not config_json.exists():
+        return
+    config = json.loads(config_json.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = SAVE_DTYPES[save_dtype]
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_model(accelerator, net, tokenizer, out_dir: Path, meta: dict, save_dtype: str = "fp32") -> None:
+    """``save_pretrained`` (gathered under ZeRO-3/FSDP) of the weights in ``save_dtype`` + tokenizer +
+    ``manifest.json`` into a temporary folder beside ``out_dir``, renamed onto it."""
     from rspo.artifacts import apply_default_modes, write_json
 
     tmp = out_dir.with_name(f".{out_dir.name}.saving")
@@ -426,11 +474,12 @@ def save_model(accelerator, net, tokenizer, out_dir: Path, meta: dict) -> None:
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(net)
+    state_dict = cast_state_dict(accelerator.get_state_dict(net), save_dtype)
     accelerator.unwrap_model(net).save_pretrained(
         tmp, state_dict=state_dict, is_main_process=accelerator.is_main_process, save_function=accelerator.save
     )
     if accelerator.is_main_process:
+        set_config_dtype(tmp / "config.json", save_dtype)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "manifest.json", meta)
         apply_default_modes(tmp)  # save_pretrained writes model.safetensors as 0600 whatever the umask
@@ -565,7 +614,7 @@ def train(
                  "mixed_precision": mixed_precision})
     if accelerator.is_main_process:
         write_table(log_path, records, "train_log")
-    save_model(accelerator, net, tokenizer, out_dir, meta)
+    save_model(accelerator, net, tokenizer, out_dir, meta, save_dtype=cfg.save_dtype)
     checkpoints.remove()
     accelerator.free_memory()
     return {"steps": plan.total_steps, "loss": records[-1]["loss"] if records else None, "out_dir": str(out_dir),

@@ -143,3 +143,22 @@ def alpaca_eval_dir() -> Path:
     if not (d / "eval_set.json").exists():
         pytest.skip("../shared/data/alpaca_eval is absent")
     return d
+
+
+@pytest.fixture
+def fake_hub_cache(tmp_path, monkeypatch, tiny_model_dir, tiny_model_dir_b):
+    """A local Hugging Face cache holding two commits of the hub id ``rspo-test/tiny``: commit A is the
+    tiny Llama, commit B the second one (other weights); ``refs/main`` points at A. Offline, a hub id
+    resolves to the snapshot of the pinned commit. Returns ``(repo_id, commit_a, commit_b)``."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    repo = cache / "models--rspo-test--tiny"
+    commits = ("a" * 40, "b" * 40)
+    for commit, src in zip(commits, (tiny_model_dir, tiny_model_dir_b)):
+        shutil.copytree(src, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commits[0])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return "rspo-test/tiny", commits[0], commits[1]

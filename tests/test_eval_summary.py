@@ -100,3 +100,25 @@ def test_index_errors(tmp_path, index):
     write_json(bad, {"win_rate": 1.0})
     with pytest.raises(ArtifactError, match="length_controlled_winrate"):
         collect([{"reg": "x", "iteration": 0, "metrics": str(bad)}])
+
+
+def test_llama3_run_is_compared_with_the_papers_llama3_numbers(index, tmp_path):
+    """The paper's second model: SPPO 38.77 -> RSPO 43.66 LC at iteration 3 (other iterations not reported)."""
+    llama = load_paper_results("meta-llama/Meta-Llama-3-8B-Instruct@0123abc")  # a pinned revision is ignored
+    assert llama["base_model"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert llama["iteration_0"] == {"lc_win_rate": 22.92, "win_rate": 22.57, "avg_length": 1899}
+    by_reg = {m["reg"]: m for m in llama["methods"]}
+    assert by_reg["none"]["lc_win_rate"] == [31.73, 35.15, 38.77] and by_reg["none"]["win_rate"][-1] == 39.85
+    assert by_reg["is_forward_kl"]["lc_win_rate"] == [None, None, 43.66]
+    # any other policy (the embedded default) is compared with the Mistral table, as before
+    assert load_paper_results("resources/models/smollm2-135m-instruct")["base_model"].startswith("mistralai/")
+
+    out = tmp_path / "results"
+    assert main(["summarize", "--index", str(index), "--out-dir", str(out), "--policy",
+                 "meta-llama/Meta-Llama-3-8B-Instruct"]) == 0
+    cmp_md = (out / "paper_comparison.md").read_text()
+    assert "meta-llama/Meta-Llama-3-8B-Instruct" in cmp_md
+    assert "| SPPO (official checkpoints) | paper | 22.92 | 31.73 | 35.15 | 38.77 |" in cmp_md
+    rspo_line = next(line for line in cmp_md.splitlines() if line.startswith("| RSPO (regularizer not stated"))
+    assert "| paper | 22.92 | – | – | 43.66 |" in rspo_line and rspo_line.endswith("| 20.74 |")  # 43.66 - 22.92
+    assert "| SPPO (official checkpoints) [reg `none`] | ours | 50.00 | 55.00 | 58.00 | – |" in cmp_md

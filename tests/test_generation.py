@@ -19,11 +19,13 @@ PROMPTS = [
 IDS = ["p0", "p1", "p2"]
 
 
-def cfg(n=1, temperature=0.0, top_p=1.0, max_new_tokens=6, seed=0, batch_size=8, **kw) -> GenerateConfig:
+def cfg(n=1, temperature=0.0, top_p=1.0, max_new_tokens=6, seed=0, batch_size=8, seeding="per_sample",
+        **kw) -> GenerateConfig:
     return GenerateConfig(
         batch_size=batch_size,
         dtype="fp32",
-        sampling=SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed),
+        sampling=SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                                seeding=seeding),
         **kw,
     )
 
@@ -223,10 +225,11 @@ def test_generate_cli_writes_a_valid_responses_table(tiny_model_dir, tmp_path):
     rows = read_table(tmp_path / "responses.jsonl", "responses")
     assert [r["prompt_id"] for r in rows] == IDS and [r["prompt"] for r in rows] == PROMPTS
     for r in rows:
-        assert len(r["responses"]) == len(r["num_tokens"]) == len(r["finish_reasons"]) == 2
+        assert len(r["responses"]) == len(r["num_tokens"]) == len(r["finish_reasons"]) == len(r["token_ids"]) == 2
+        assert [len(ids) for ids in r["token_ids"]] == r["num_tokens"]
         assert r["generator"] == str(tiny_model_dir)
         assert r["sampling"] == {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 4, "seed": 3, "n": 2,
-                                 "backend": "transformers"}
+                                 "backend": "transformers", "seeding": "per_sample"}
     first = (tmp_path / "responses.jsonl").read_text()
     assert main(argv) == 0
     assert (tmp_path / "responses.jsonl").read_text() == first
@@ -249,9 +252,10 @@ def test_invalid_config_is_a_clear_error(bad, word):
 
 
 class _FakeVLLM:
-    """Records what rspo asks of vLLM and answers with canned completions."""
+    """Records what rspo asks of vLLM and answers with canned completions (``sample(i, j, params)`` ->
+    (text, token_ids, finish_reason) of sample j of prompt i, when given)."""
 
-    def __init__(self, finish="stop"):
+    def __init__(self, finish="stop", sample=None):
         self.module = types.ModuleType("vllm")
         self.calls = {}
         fake = self
@@ -259,7 +263,8 @@ class _FakeVLLM:
         class SamplingParams:
             def __init__(self, **kwargs):
                 fake.calls["sampling_params"] = kwargs
-                self.n = kwargs["n"]
+                fake.calls.setdefault("all_sampling_params", []).append(kwargs)
+                self.n, self.seed = kwargs["n"], kwargs.get("seed")
 
         class LLM:
             def __init__(self, **kwargs):
@@ -269,9 +274,13 @@ class _FakeVLLM:
                 fake.calls.setdefault("generate", []).append((prompts, params))
                 out = []
                 for i, _ in enumerate(prompts):
-                    samples = [types.SimpleNamespace(index=j, text=f"r{i}-{j}", token_ids=list(range(j + 2)),
-                                                     finish_reason="length" if j == 0 else finish)
-                               for j in reversed(range(params.n))]  # out of order on purpose
+                    samples = []
+                    for j in reversed(range(params.n)):  # out of order on purpose
+                        if sample is None:
+                            text, ids, why = f"r{i}-{j}", list(range(j + 2)), "length" if j == 0 else finish
+                        else:
+                            text, ids, why = sample(i, j, params)
+                        samples.append(types.SimpleNamespace(index=j, text=text, token_ids=ids, finish_reason=why))
                     out.append(types.SimpleNamespace(outputs=samples))
                 return out
 
@@ -300,6 +309,7 @@ def test_vllm_backend_builds_one_request_per_prompt_with_n_k(monkeypatch, tiny_m
 
     assert [r["prompt_id"] for r in rows] == IDS
     assert rows[1]["responses"] == ["r1-0", "r1-1", "r1-2"]
+    assert rows[1]["token_ids"] == [[0, 1], [0, 1, 2], [0, 1, 2, 3]]  # CompletionOutput.token_ids, in order
     assert rows[1]["num_tokens"] == [2, 3, 4]
     assert rows[1]["finish_reasons"] == ["length", "stop", "stop"]
     assert rows[1]["sampling"]["backend"] == "vllm" and rows[1]["generator"] == str(tiny_model_dir)
@@ -332,3 +342,178 @@ def test_importing_rspo_never_imports_vllm(tmp_path):
     env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- seeding: the authors' passes
+
+
+def test_passes_seeding_uses_the_authors_seeds_on_the_transformers_backend(lm):
+    """seeding: passes = sample k of EVERY prompt drawn from one stream seeded seed + 50 k (the
+    authors' generate.py: K passes with SamplingParams(seed=50 p))."""
+    passes = dict(temperature=1.0, top_p=0.9, seeding="passes")
+    base = run(lm, cfg(n=3, seed=0, **passes))
+    # samples 1, 2 of seed 0 are samples 0, 1 of seed 50 (passes 50, 100); per-sample seeding would differ
+    assert [o[1:] for o in base] == run(lm, cfg(n=2, seed=50, **passes))
+    assert len({c.text for c in base[1]}) > 1  # the passes are not one stream repeated
+    # the stream belongs to the pass, not to the prompt: the same text under two ids gets the same samples
+    twins = run(lm, cfg(n=2, seed=0, **passes), ["a", "b"], [PROMPTS[0], PROMPTS[0]])
+    assert twins[0] == twins[1] == base[0][:2]
+
+
+def test_vllm_passes_seeding_runs_k_passes_with_seeds_0_50_100(monkeypatch, tiny_model_dir):
+    from rspo.generation import generate
+
+    fake = _FakeVLLM(sample=lambda i, j, params: (f"p{i}-seed{params.seed}", [params.seed, i], "stop"))
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    rows = generate(str(tiny_model_dir), [{"prompt_id": i, "prompt": p} for i, p in zip(IDS, PROMPTS)],
+                    cfg(n=3, temperature=0.7, top_p=0.9, max_new_tokens=16, seed=0, backend="vllm", seeding="passes"))
+    assert [kw["seed"] for kw in fake.calls["all_sampling_params"]] == [0, 50, 100]
+    assert all(kw["n"] == 1 for kw in fake.calls["all_sampling_params"])
+    assert len(fake.calls["generate"]) == 3  # one call per pass, every prompt in each
+    assert all(len(prompts) == 3 for prompts, _ in fake.calls["generate"])
+    assert rows[2]["responses"] == ["p2-seed0", "p2-seed50", "p2-seed100"]
+    assert rows[2]["token_ids"] == [[0, 2], [50, 2], [100, 2]]
+    assert rows[2]["sampling"]["seeding"] == "passes"
+
+
+def test_vllm_pinned_revision_samples_the_pinned_snapshot(monkeypatch, fake_hub_cache):
+    from rspo.generation import generate
+
+    repo, _, commit_b = fake_hub_cache
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    rows = generate(f"{repo}@{commit_b}", [{"prompt_id": "a", "prompt": "Hi"}], cfg(n=1, backend="vllm"))
+    llm = fake.calls["llm"]
+    assert llm["model"].endswith(f"models--rspo-test--tiny/snapshots/{commit_b}") and llm["tokenizer"] == llm["model"]
+    assert rows[0]["generator"] == f"{repo}@{commit_b}"
+
+
+# --------------------------------------------------------------------------- sampled ids, SentencePiece-style
+
+MISTRAL_LIKE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+    """A SentencePiece-style tokenizer (BPE behind a Metaspace pre-tokenizer that prepends the word-start
+    marker, as Mistral / Llama-2 / Gemma) with a Mistral-like chat template, and a tiny Llama for it."""
+    from conftest import _CORPUS, build_tiny_llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=list("[]/INST"))
+    tok.train_from_iterator(_CORPUS + ["[INST] [/INST]"] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
+    fast.chat_template = MISTRAL_LIKE_TEMPLATE
+    d = tmp_path_factory.mktemp("sp_llama")
+    build_tiny_llama(d, fast, seed=4)
+    return d
+
+
+def _planned_ids(tok) -> list[int]:
+    """A word-internal piece (no word-start marker) then a whole word, as a model may sample them."""
+    vocab = tok.get_vocab()
+    piece = next(t for t in sorted(vocab) if t.isalpha() and len(t) > 1)  # e.g. "an": no leading marker
+    word = next(t for t in sorted(vocab) if t.startswith("\u2581") and t[1:].isalpha() and len(t) > 3)
+    return [vocab[piece], vocab[word]]
+
+
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
+def test_scored_ids_are_exactly_the_sampled_ids(backend, sp_model, monkeypatch):
+    """Generation keeps the ids it sampled; the pair carries them; logps scores exactly them after the
+    prompt's ids: the EOS a "stop" response sampled once (not doubled), none for a "length" response.
+    Tokenizing the response TEXT alone would give other ids (the word-start marker in front)."""
+    import torch
+
+    import rspo.models
+    from rspo.artifacts import ArtifactError
+    from rspo.chat import encode_prompt
+    from rspo.commands.pairs import build_pairs
+    from rspo.generation import generate
+    from rspo.logps import encode_pairs, pair_logps
+
+    tok = rspo.models.load_tokenizer(str(sp_model))
+    plan = _planned_ids(tok)
+    stop_ids, length_ids = plan + [tok.eos_token_id], plan  # sample 0 ends with eos, sample 1 hits the limit
+    prompt = "What is the capital of France?"
+
+    if backend == "transformers":
+        real_load = rspo.models.load_causal_lm
+        length_ids = plan + [plan[0]]  # max_new_tokens is one more than the plan
+
+        def forced(ref, **kw):  # the model "samples" the plan, then eos (sample 0) or plan[0] (sample 1)
+            model = real_load(ref, **kw)
+            calls = {"n": 0}
+
+            def hook(module, args, output):
+                n, rows = calls["n"], output.logits.shape[0]
+                calls["n"] += 1
+                wanted = [stop_ids[n], length_ids[n]][:rows] if n == 2 else [plan[min(n, 1)]] * rows
+                output.logits[:, -1, :] = -1e4
+                for r, w in enumerate(wanted):
+                    output.logits[r, -1, w] = 1e4
+
+            model.register_forward_hook(hook)
+            return model
+
+        monkeypatch.setattr(rspo.models, "load_causal_lm", forced)
+        config = cfg(n=2, temperature=0.0, max_new_tokens=len(length_ids))
+    else:
+        def sample(i, j, params):  # vLLM's text keeps the first token's leading space
+            ids = stop_ids if j == 0 else length_ids
+            return " " + tok.decode(ids, skip_special_tokens=True), list(ids), "stop" if j == 0 else "length"
+
+        monkeypatch.setitem(sys.modules, "vllm", _FakeVLLM(sample=sample).module)
+        config = cfg(n=2, backend="vllm")
+    (row,) = generate(str(sp_model), [{"prompt_id": "p", "prompt": prompt}], config)
+    monkeypatch.undo()
+    assert row["token_ids"] == [stop_ids, length_ids] and row["finish_reasons"] == ["stop", "length"]
+    for text, ids in zip(row["responses"], row["token_ids"]):
+        alone = tok(text, add_special_tokens=False)["input_ids"]
+        assert alone[: len(plan)] != ids[: len(plan)]  # the text alone starts with another token
+
+    prefs = [{"prompt_id": "p", "judge": "test", "logits": [[0.0, 1.0], [-1.0, 0.0]]}]
+    pairs, _ = build_pairs([row], prefs, "responses", "preferences")
+    assert (pairs[0]["chosen_token_ids"], pairs[0]["rejected_token_ids"]) == (stop_ids, length_ids)
+    with pytest.raises(ArtifactError, match="token_ids must be 2 lists"):
+        build_pairs([{**row, "token_ids": row["token_ids"][:1]}], prefs, "responses", "preferences")
+    chosen, rejected = encode_pairs(tok, pairs, max_length=64, max_prompt_length=32)
+    prompt_ids = encode_prompt(tok, prompt)
+    assert list(chosen.input_ids) == prompt_ids + stop_ids and chosen.prompt_len == len(prompt_ids)
+    assert list(rejected.input_ids) == prompt_ids + length_ids  # no eos appended to a "length" response
+
+    model = rspo.models.load_causal_lm(str(sp_model), dtype="fp32", device="cpu")
+    (scored,) = pair_logps(model, tok, pairs, max_length=64, max_prompt_length=32, batch_size=2)
+    for ids, key in ((stop_ids, "chosen"), (length_ids, "rejected")):
+        full = torch.tensor([prompt_ids + ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=full).logits[0].double(), dim=-1)
+        want = sum(logp[len(prompt_ids) + t - 1, i].item() for t, i in enumerate(ids))
+        # as test_logps: a padded float32 batch vs one unpadded sequence; each of the 3-4 token log-probs
+        # (magnitude ~log 320 = 5.8) moves by float32 rounding of the logits, ~1e-6: 1e-4 is far above that
+        # and far below the difference of scoring other ids (a whole token's log-prob)
+        assert scored[f"logp_{key}"] == pytest.approx(want, abs=1e-4)
+        assert scored[f"{key}_tokens"] == len(ids)
+
+
+def test_a_response_without_ids_is_tokenized_jointly_with_its_prompt(sp_model):
+    """A response TEXT (an external file, no ids) is tokenized after its prompt and split at the prompt
+    boundary, so the word-start marker is not put in front of it; the EOS is appended (TRL)."""
+    from rspo.chat import encode_prompt
+    from rspo.logps import encode_group
+    from rspo.models import load_tokenizer
+
+    tok = load_tokenizer(str(sp_model))
+    plan = _planned_ids(tok)
+    text = tok.decode(plan)
+    (enc,) = encode_group(tok, "List five fruits.", [text], max_length=64, max_prompt_length=32)
+    assert list(enc.input_ids) == encode_prompt(tok, "List five fruits.") + plan + [tok.eos_token_id]
+    assert tok(text, add_special_tokens=False)["input_ids"] != plan  # alone: another first token

@@ -96,6 +96,12 @@ def test_truncation_keeps_prompt_end_then_cuts_responses(tok):
     assert list(chosen.input_ids) == full_prompt[-20:] + long_ids[:16]
     assert chosen.input_ids[-1] != tok.eos_token_id
     assert list(rejected.input_ids) == full_prompt[-20:] + short_ids  # shorter than 16: unchanged
+    # the same rule on sampled ids (scored as they are, no EOS added)
+    sampled = [long_ids[:-1], short_ids]  # a "length" response (no EOS) and a "stop" one
+    chosen, rejected = encode_group(tok, prompt, [long_resp, short_resp], max_length=36, max_prompt_length=20,
+                                    token_ids=sampled)
+    assert list(chosen.input_ids) == full_prompt[-20:] + long_ids[:16]
+    assert list(rejected.input_ids) == full_prompt[-20:] + short_ids
 
     # 3) fits: nothing is cut
     (enc,) = encode_group(tok, prompt, [short_resp], max_length=1024, max_prompt_length=512)
@@ -216,3 +222,18 @@ def test_logps_step_rejects_bad_truncation_params(tmp_path, tiny_model_dir, caps
                "--params", '{"max_length": 64, "max_prompt_length": 64}'])
     assert rc == 1
     assert "max_prompt_length" in capsys.readouterr().err
+
+
+def test_text_responses_split_at_the_prompt_boundary_or_are_encoded_alone():
+    from rspo.logps import response_ids_from_text
+
+    class Fixed:  # a tokenizer with canned encodings: P = the prompt text, R = the response text
+        def __init__(self, joint):
+            self.table = {"P": [1, 2, 3], "PR": joint, "R": [8, 4, 5]}
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": self.table[text]}
+
+    assert response_ids_from_text(Fixed([1, 2, 3, 4, 5]), "P", [1, 2, 3], "R") == [4, 5]  # joint, split
+    # a token straddles the boundary (3 + 4 -> 9): the prompt keeps generation's ids, the response is encoded alone
+    assert response_ids_from_text(Fixed([1, 2, 9, 5]), "P", [1, 2, 3], "R") == [8, 4, 5]

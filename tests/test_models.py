@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import types
 
 import pytest
 
@@ -18,6 +19,60 @@ def test_hub_id_offline_and_missing_folder_are_clear_errors(monkeypatch):
         load_tokenizer("rspo-test/no-such-model")
     with pytest.raises(RSPOError, match="no such local folder"):
         load_causal_lm("./no/such/model/folder")
+
+
+def test_pinned_revision_loads_that_commit(fake_hub_cache, tmp_path):
+    """HUB_ID@REVISION: tokenizer, model and check_reference get the pinned commit (offline: that
+    snapshot of the local cache); an unpinned id gets refs/main; a missing commit is a clear error."""
+    import torch
+
+    from rspo.models import check_reference, load_causal_lm, load_tokenizer, split_revision
+
+    repo, commit_a, commit_b = fake_hub_cache
+    assert split_revision(f"{repo}@{commit_b}") == (repo, commit_b) and split_revision(repo) == (repo, None)
+    local = tmp_path / "model@v2"  # a local folder whose name holds "@" is a folder, not a pin
+    local.mkdir()
+    assert split_revision(str(local)) == (str(local), None)
+
+    def weights(ref):
+        return load_causal_lm(ref, dtype="fp32", device="cpu").state_dict()
+
+    main, pinned_a, pinned_b = weights(repo), weights(f"{repo}@{commit_a}"), weights(f"{repo}@{commit_b}")
+    assert all(torch.equal(main[k], pinned_a[k]) for k in main)  # refs/main -> commit A
+    assert not all(torch.equal(main[k], pinned_b[k]) for k in main)  # commit B: the other weights
+    assert check_reference(f"{repo}@{commit_b}").endswith(f"/snapshots/{commit_b}")
+    assert load_tokenizer(f"{repo}@{commit_b}").eos_token == "<|im_end|>"
+    with pytest.raises(HubUnavailableError, match=f"at revision {'c' * 40}"):
+        load_tokenizer(f"{repo}@{'c' * 40}")
+    with pytest.raises(RSPOError, match="HUB_ID@REVISION"):
+        load_tokenizer(f"{repo}@")
+
+
+def test_pinned_revision_reaches_from_pretrained_online(monkeypatch):
+    """Online, the loaders hand the revision to from_pretrained (the download of that commit)."""
+    import torch
+
+    from rspo.models import load_causal_lm, load_tokenizer
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    calls = []
+
+    def tokenizer(path, **kw):
+        calls.append(("tokenizer", path, kw))
+        return types.SimpleNamespace(pad_token=None, eos_token="</s>", chat_template="{{ messages }}")
+
+    def model(path, **kw):
+        calls.append(("model", path, {k: v for k, v in kw.items() if k != "dtype"}))
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", tokenizer)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", model)
+    load_tokenizer("org/model@v1.0")
+    load_causal_lm("org/model@0123abc", device="cpu")
+    load_tokenizer("org/model")
+    assert calls == [("tokenizer", "org/model", {"revision": "v1.0"}), ("model", "org/model", {"revision": "0123abc"}),
+                     ("tokenizer", "org/model", {})]
 
 
 # --------------------------------------------------------------------------- prepare_smollm2 (fast)

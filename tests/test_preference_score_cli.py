@@ -67,3 +67,58 @@ def test_default_judge_is_the_embedded_one():
     judge = get_judge(JudgeConfig())
     assert judge.name == "embedded-minilm-v1"
     assert judge.scale == 5.0  # JudgeConfig.beta
+
+
+MISTRAL_LIKE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_prompt_form_sets_the_text_the_judge_reads(tmp_path, monkeypatch, tiny_tokenizer_dir, capsys):
+    """judge.prompt_form: raw = the instruction; chat = the generator's chat template around it (the
+    authors' rank.py gives PairRM `<s>[INST] {prompt} [/INST]` for Mistral); --chat-model overrides."""
+    from transformers import AutoTokenizer
+
+    import rspo.preference
+    from rspo.preference import ScalarJudge
+
+    mistral_like = tmp_path / "mistral_like"
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.chat_template = MISTRAL_LIKE_TEMPLATE
+    tok.bos_token = "<s>"
+    tok.save_pretrained(mistral_like)
+
+    seen: list[str] = []
+
+    class Recorder(ScalarJudge):
+        name = "recorder"
+
+        def score(self, prompts, responses):
+            seen.extend(prompts)
+            return np.zeros(len(prompts))
+
+    monkeypatch.setattr(rspo.preference, "get_judge", lambda cfg: Recorder(cfg))
+    responses = tmp_path / "responses.jsonl"
+    write_table(responses, [
+        {"prompt_id": pid, "prompt": p, "responses": c, "num_tokens": [1] * len(c),
+         "finish_reasons": ["stop"] * len(c), "generator": str(mistral_like), "sampling": {"n": len(c)}}
+        for pid, p, c in ROWS
+    ], "responses")
+
+    def score(*extra):
+        seen.clear()
+        assert main(["score", "--responses", str(responses), "--out", str(tmp_path / "p.jsonl"), *extra]) == 0
+        return sorted(set(seen))
+
+    assert score("--params", '{"prompt_form": "raw"}') == sorted(p for _, p, _ in ROWS)
+    assert score("--params", '{"prompt_form": "chat"}') == sorted(f"<s>[INST] {p} [/INST]" for _, p, _ in ROWS)
+    assert score("--params", '{"prompt_form": "chat"}', "--chat-model", str(tiny_tokenizer_dir)) == sorted(
+        f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for _, p, _ in ROWS)
+
+    assert main(["score", "--responses", str(responses), "--out", str(tmp_path / "p.jsonl"),
+                 "--params", '{"prompt_form": "markdown"}']) == 1
+    assert "judge.prompt_form: unknown 'markdown'" in capsys.readouterr().err
+    assert main(["annotate", "--outputs", "o.json", "--reference", "r.json", "--out", str(tmp_path / "a.json"),
+                 "--params", '{"prompt_form": "chat"}']) == 1
+    assert "evaluation.annotator.prompt_form" in capsys.readouterr().err

@@ -165,7 +165,7 @@ def test_evaluation_generation_defaults_to_one_sample_when_partly_given():
     config = {"evaluation": {"generation": {"backend": "transformers", "sampling": {"temperature": 0.2}}}}
     validate_config(config, SCHEMA)
     assert config["evaluation"]["generation"]["sampling"] == {
-        "temperature": 0.2, "n": 1, "max_new_tokens": 2048, "top_p": 0.9, "seed": 0}
+        "temperature": 0.2, "n": 1, "max_new_tokens": 2048, "top_p": 0.9, "seed": 0, "seeding": "per_sample"}
     config = {}
     validate_config(config, SCHEMA)
     assert config["generation"]["sampling"]["n"] == 5 and config["evaluation"]["generation"]["sampling"]["n"] == 1

@@ -296,3 +296,82 @@ def test_forward_kl_uses_mu_samples_joined_by_prompt_id(tmp_path, pairs_logps, t
     with pytest.raises(ArtifactError, match="no samples of mu for 1 prompt_id"):
         train(cfg, pairs=pairs_logps, model=str(tiny_model_dir_b), out_dir=tmp_path / "n", log_path=tmp_path / "n.j",
               ref_samples=samples)
+
+
+def test_max_grad_norm_none_leaves_the_gradient_unclipped(tmp_path, pairs_logps, tok, tiny_model_dir_b):
+    """max_grad_norm: null (the paper presets) = the optimizer steps on the raw gradient, whose norm here
+    is far above 1 (eta = 10), so a clip at the old default 1.0 would have changed it."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen = []  # the gradient norm the optimizer sees when it steps
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    cfg = TrainConfig(**{**BASE, "per_device_batch_size": 6, "num_epochs": 1, "max_grad_norm": None})
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train(cfg, pairs=pairs_logps, model=str(tiny_model_dir_b), out_dir=tmp_path / "m", log_path=tmp_path / "l.j")
+    finally:
+        handle.remove()
+    (logged,) = [r["grad_norm"] for r in read_table(tmp_path / "l.j", "train_log")]
+    # the gradient of that one step, computed here from the loss on the same 6 pairs (another row order)
+    policy = _load(tiny_model_dir_b, trainable=True)
+    compute_loss(policy, collate_pairs(build_examples(tok, read_table(pairs_logps, "pairs_logps"), cfg),
+                                       tok.pad_token_id), eta=cfg.eta, lambdas=LAMBDAS).loss.backward()
+    direct = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in policy.parameters()]))
+    # float32 reductions in another order (rows, parameter norms): relative error ~1e-6, far below the
+    # factor a clip at 1.0 would apply (direct > 1)
+    assert direct.item() > 1.0 and seen == [pytest.approx(direct.item(), rel=1e-4)]
+    assert logged == pytest.approx(seen[0], rel=1e-5)
+
+
+def test_saved_weights_are_the_trained_weights_rounded_to_save_dtype(tmp_path, pairs_logps, tiny_model_dir_b):
+    final = {}
+
+    def capture(step, model):
+        final.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    cfg = TrainConfig(**{**BASE, "per_device_batch_size": 3, "num_epochs": 1, "save_dtype": "bf16"})
+    out = tmp_path / "m"
+    train(cfg, pairs=pairs_logps, model=str(tiny_model_dir_b), out_dir=out, log_path=tmp_path / "l.jsonl",
+          on_step=capture)
+    saved = _weights(out)
+    assert saved and all(v.dtype == torch.bfloat16 for v in saved.values())
+    assert all(torch.equal(saved[k], final[k].to(torch.bfloat16)) for k in saved)  # round-to-nearest of pi_{t+1}
+    assert not all(torch.equal(saved[k].float(), final[k]) for k in saved)  # rounding did change weights
+    assert read_json(out / "config.json")["dtype"] == "bfloat16"
+    size = (out / "model.safetensors").stat().st_size / (tiny_model_dir_b / "model.safetensors").stat().st_size
+    assert 0.45 < size < 0.55  # half of the fp32 file (plus the same header)
+    # the next iteration starts from exactly these weights, in fp32
+    reloaded = _load(out).state_dict()
+    assert all(torch.equal(reloaded[k], saved[k].float()) for k in saved)
+    assert read_json(out / "manifest.json")["config"]["save_dtype"] == "bf16"
+
+
+def test_training_and_forward_kl_score_the_sampled_ids(tmp_path, pairs_logps, tok):
+    """Rows that carry the sampled ids are encoded from them (no EOS added), mu's samples too."""
+    from rspo.chat import encode_prompt
+    from rspo.train import load_ref_samples
+
+    rows = read_table(pairs_logps, "pairs_logps")[:2]
+    with_ids = [{**r, "chosen_token_ids": [5, 6, tok.eos_token_id], "rejected_token_ids": [7, 8, 9]} for r in rows]
+    samples = tmp_path / "ref.jsonl"
+    write_table(samples, [{"prompt_id": r["prompt_id"], "prompt": r["prompt"], "responses": ["x", "y"],
+                           "token_ids": [[10, 11], [12, tok.eos_token_id]], "num_tokens": [2, 2],
+                           "finish_reasons": ["length", "stop"], "generator": "mu", "sampling": {"n": 2}}
+                          for r in rows], "responses")
+    by_id = load_ref_samples(samples, rows, pairs_logps)
+    examples = build_examples(tok, with_ids, TrainConfig(**BASE), by_id)
+    for r, e in zip(rows, examples):
+        prompt = encode_prompt(tok, r["prompt"])
+        assert list(e.chosen.input_ids) == prompt + [5, 6, tok.eos_token_id]
+        assert list(e.rejected.input_ids) == prompt + [7, 8, 9]
+        assert [list(s.input_ids) for s in e.ref_samples] == [prompt + [10, 11], prompt + [12, tok.eos_token_id]]
+    # without ids (an external file) the texts are tokenized with the prompt and get the EOS
+    (plain,) = build_examples(tok, rows[:1], TrainConfig(**BASE))
+    assert plain.chosen.input_ids[-1] == tok.eos_token_id
+    for bad in ([len(tok) + 5], [-1], ["5"], [5.0]):  # other tokenizer's ids, or not ids at all
+        with pytest.raises(ArtifactError, match="not one of the tokenizer's"):
+            build_examples(tok, [{**with_ids[0], "rejected_token_ids": bad}], TrainConfig(**BASE))

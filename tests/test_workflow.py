@@ -75,6 +75,9 @@ def make_workdir(path: Path, config: dict | None = None) -> Path:
 # reads its own. (key -> (snakemake arguments, extra files written into the run folder))
 CUSTOM = "regularizers:\n  myreg: {is_forward_kl: 0.05, chi2: 0.2}\n  withfkl: {forward_kl: 0.3}\n"
 PAPER = str(ROOT / "config" / "paper-mistral7b.yaml")
+LLAMA3 = str(ROOT / "config" / "paper-llama3-8b.yaml")
+# the paper presets need a local reference-outputs file to plan
+PAPER_FILES = {"gpt4_turbo_outputs.json": "[]", "overlay.yaml": "evaluation: {reference: gpt4_turbo_outputs.json}\n"}
 DRY_RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "none": (("-n", "-p", "--config", "reg=none"), {}),
     "forward_kl": (("-n", "-p", "--config", "reg=forward_kl"), {}),
@@ -92,6 +95,11 @@ DRY_RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "slurm": (
         ("-n", "--profile", "slurm", "--configfile", PAPER, "overlay.yaml", "--config", "reg=mixed"),
         {"gpt4_turbo_outputs.json": "[]", "overlay.yaml": "evaluation: {reference: gpt4_turbo_outputs.json}\n"},
+    ),
+    "paper_llama3": (("-n", "-p", "--configfile", LLAMA3, "overlay.yaml"), PAPER_FILES),
+    "paper_mistral_cycled": (
+        ("-n", "-p", "--configfile", PAPER, "overlay.yaml", "--config", "reg=none", "iterations=4", "cycle_prompts=True"),
+        PAPER_FILES,
     ),
 }
 
@@ -201,7 +209,8 @@ def test_dry_run_commands_follow_the_layout(dry):
     ref = shell_commands(out, "generate_ref")
     assert len(ref) == T and all("--model resources/models/smollm2-135m-instruct" in c for c in ref)
     sampling = json.loads(re.search(r"--params '([^']*)'", ref[0]).group(1))["sampling"]
-    assert sampling == {"n": 4, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1}
+    assert sampling == {"n": 4, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1,
+                        "seeding": "per_sample"}
     # pi_2 is annotated against pi_0's outputs
     annotate = " ".join(shell_commands(dry["mixed"][1], "annotate"))
     assert ("--outputs results/mixed/eval/pi2/model_outputs.json"
@@ -258,7 +267,7 @@ def test_schema_defaults_mirror_rspo_config():
     assert {f.name for f in dataclasses.fields(RSPOConfig)} == set(config)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper-mistral7b.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper-mistral7b.yaml", "paper-llama3-8b.yaml"])
 def test_shipped_configs_load_as_rspo_config(name):
     from rspo.config import load_config
 
@@ -269,9 +278,75 @@ def test_shipped_configs_load_as_rspo_config(name):
 def test_shipped_regularizer_lambdas_are_the_presets():
     from rspo.losses import REGULARIZER_PRESETS
 
-    for name in ("config.yaml", "paper-mistral7b.yaml"):
+    for name in ("config.yaml", "paper-mistral7b.yaml", "paper-llama3-8b.yaml"):
         shipped = yaml.safe_load((ROOT / "config" / name).read_text())["regularizers"]
         assert {k: shipped[k] for k in PRESETS} == {k: dict(v) for k, v in REGULARIZER_PRESETS.items()}
+
+
+MISTRAL_PINNED = "mistralai/Mistral-7B-Instruct-v0.2@1296dc8fd9b21e6424c9c305c06db9ae60c03ace"  # generate.py's
+
+
+@pytest.mark.parametrize("name", ["paper-mistral7b.yaml", "paper-llama3-8b.yaml"])
+def test_paper_presets_follow_the_authors(name):
+    """Read through the config system: what the authors' code does where it changes the numbers."""
+    from rspo.config import load_config
+
+    cfg = load_config(ROOT / "config" / name)
+    assert cfg.train.max_grad_norm is None  # no gradient_clipping in their DeepSpeed config: no clipping
+    assert cfg.train.save_dtype == "bf16"  # DeepSpeed ZeRO-3's 16-bit save
+    assert cfg.judge.name == "pairrm" and cfg.judge.prompt_form == "chat"  # rank.py's templated prompt
+    assert cfg.generation.sampling.seeding == "passes" and cfg.generation.sampling.seed == 0  # seeds 0, 50, ...
+    assert cfg.evaluation.generation.sampling.seed == 2024  # test_alpacaeval.py
+    assert not cfg.cycle_prompts and len(cfg.prompts) == cfg.iterations == 3
+    assert [p.dataset for p in cfg.prompts] == [f"UCLA-AGI/data-mistral-7b-instruct-sppo-iter{i}" for i in (1, 2, 3)]
+    t = cfg.train
+    assert (t.eta, t.optimizer, t.learning_rate, t.max_length, t.max_prompt_length) == (1000.0, "rmsprop", 5e-7, 1024, 512)
+    assert t.per_device_batch_size * t.gradient_accumulation_steps == 64 and t.num_epochs == 1.0
+    if name == "paper-mistral7b.yaml":
+        assert cfg.policy == MISTRAL_PINNED
+    else:
+        assert cfg.policy == "meta-llama/Meta-Llama-3-8B-Instruct" and t.is_clip == 7.0  # sppo_forwardimportance7
+
+
+def _params(cmd: str) -> dict:
+    return json.loads(re.search(r"--params '([^']*)'", cmd).group(1))
+
+
+def test_paper_llama3_preset_plans_the_authors_recipe(dry):
+    rc, out, _ = dry["paper_llama3"]
+    assert rc == 0, out
+    counts = job_counts(out)
+    # reg = none,is_forward_kl and T = 3: iteration 1 shared, iterations 2-3 per regularizer; 7 iterates evaluated
+    assert (counts["generate"], counts["train"], counts["eval_generate"], counts["selfbleu_generate"]) == (5, 6, 7, 7)
+    assert "prepare_models" not in counts and "generate_ref" not in counts
+    train = [_params(c) for c in shell_commands(out, "train")]
+    assert sorted(json.dumps(p["regularizer"]) for p in train) == ['{"is_forward_kl": 0.1}'] * 3 + ["{}"] * 3
+    assert all(p["max_grad_norm"] is None and p["save_dtype"] == "bf16" and p["is_clip"] == 7.0 for p in train)
+    assert _params(shell_commands(out, "generate")[0])["sampling"] == {
+        "n": 5, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 2048, "seed": 0, "seeding": "passes"}
+    judge = _params(shell_commands(out, "score")[0])
+    assert (judge["name"], judge["prompt_form"]) == ("pairrm", "chat")
+    assert {_params(c)["sampling"]["seed"] for c in shell_commands(out, "eval_generate")} == {2024}
+    assert "--model meta-llama/Meta-Llama-3-8B-Instruct --prompts results/prompts/iter1.jsonl" in " ".join(
+        shell_commands(out, "generate"))
+    assert "--policy meta-llama/Meta-Llama-3-8B-Instruct" in shell_commands(out, "summarize")[0]
+
+
+def test_paper_mistral_preset_pins_the_model_and_cycles_prompt_sets(dry):
+    """The pinned policy reaches every step that loads pi_0 or mu; with cycle_prompts, iteration 4 reuses
+    the first prompt set (the authors' A, B, C, A schedule)."""
+    rc, out, _ = dry["paper_mistral_cycled"]
+    assert rc == 0, out
+    sources = {re.search(r"--out results/prompts/(\w+)\.jsonl", c).group(1): _params(c).get("dataset")
+               for c in shell_commands(out, "prepare_prompts")}
+    assert [sources[f"iter{t}"] for t in (1, 2, 3, 4)] == [
+        f"UCLA-AGI/data-mistral-7b-instruct-sppo-iter{i}" for i in (1, 2, 3, 1)]
+    assert job_counts(out)["train"] == 4
+    assert f"--model {MISTRAL_PINNED} --prompts results/prompts/iter1.jsonl" in " ".join(shell_commands(out, "generate"))
+    assert f"--last-model {MISTRAL_PINNED} --ref-model {MISTRAL_PINNED}" in " ".join(shell_commands(out, "logps"))
+    assert f"--pairs results/base/iter1/pairs_logps.jsonl --model {MISTRAL_PINNED}" in " ".join(
+        shell_commands(out, "train"))
+    assert all(_params(c)["max_grad_norm"] is None for c in shell_commands(out, "train"))
 
 
 def test_lint_and_format(dry):

@@ -54,6 +54,11 @@ def run(args) -> int:
     from rspo.preference.cache import JudgeCache
 
     cfg = parse_params(args.params, JudgeConfig)
+    if cfg.prompt_form != "raw":
+        from rspo.config import ConfigError
+
+        raise ConfigError(f"evaluation.annotator.prompt_form: {cfg.prompt_form!r}; annotation judges the AlpacaEval "
+                          f"instruction as it is, only 'raw' is supported")
     pairs = match_outputs(read_outputs(args.outputs), read_outputs(args.reference), args.outputs, args.reference)
     name, key, p_second = make_p_second(cfg)
     cache_dir = args.cache_dir or (Path(cfg.cache_dir) if cfg.cache_dir else args.out.parent / ".annotate_cache")

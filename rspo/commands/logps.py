@@ -7,7 +7,10 @@ fields plus ``last_logp_*``, ``ref_logp_*`` and ``*_tokens``). Training then hol
 
 One model is in memory at a time. When both references name the same model (iteration 1:
 pi_0 = mu) it is loaded and scored once and the sums are reused. Each model is scored with its own
-tokenizer; token counts are those of the last model's tokenizer (the one the policy shares).
+tokenizer; token counts are those of the last model's tokenizer (the one the policy shares). The
+pairs' sampled token ids (``chosen_token_ids`` / ``rejected_token_ids``, ids of the last model's
+tokenizer) are scored as they are; a reference model whose tokenizer has another vocabulary scores
+the response texts instead (tokenized with its own tokenizer, a warning says so).
 Tokenization, truncation (``max_length`` / ``max_prompt_length``) and precision come from the
 ``TrainConfig`` given as ``--params``, so the cache matches the trainer's own forward passes.
 """
@@ -36,6 +39,16 @@ def same_model(a: str, b: str) -> bool:
     if pa.exists() and pb.exists():
         return pa.resolve() == pb.resolve()
     return a == b
+
+
+ID_FIELDS = ("chosen_token_ids", "rejected_token_ids")
+
+
+def same_vocabulary(a: str, b: str) -> bool:
+    """Whether two models' tokenizers map the same tokens to the same ids (sampled ids mean the same)."""
+    from rspo.models import load_tokenizer
+
+    return load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab()
 
 
 def score_model(ref: str, rows: list[dict], cfg, what: str) -> list[dict]:
@@ -84,7 +97,14 @@ def cache_logps(rows: list[dict], last_model: str, ref_model: str, cfg, source: 
         log.info("last model and reference are the same model (%s): scored once", last_model)
         ref = last
     else:
-        ref = score_model(ref_model, rows, cfg, "mu")
+        ref_rows = rows
+        if any("chosen_token_ids" in r or "rejected_token_ids" in r for r in rows) and not same_vocabulary(
+            last_model, ref_model
+        ):
+            log.warning("the reference %s has another vocabulary than %s: it scores the response texts, not the "
+                        "sampled token ids", ref_model, last_model)
+            ref_rows = [{k: v for k, v in r.items() if k not in ID_FIELDS} for r in rows]
+        ref = score_model(ref_model, ref_rows, cfg, "mu")
     out = []
     for row, lv, rv in zip(rows, last, ref):
         values = {

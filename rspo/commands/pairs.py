@@ -5,7 +5,9 @@ Joins the ``responses`` and ``preferences`` tables by ``prompt_id``, runs
 ``num_candidates`` = K). Prompts whose K scores are all equal carry no preference signal: they are
 dropped and counted in the stats JSON, never trained with chosen == rejected. Prompts whose matrix
 holds a null, NaN or infinite off-diagonal entry (a judge that gave no usable verdict) are dropped
-and counted the same way (``n_dropped_non_finite``), never trained on.
+and counted the same way (``n_dropped_non_finite``), never trained on. When the responses carry
+the sampled ``token_ids``, the pair carries the chosen and rejected ones
+(``chosen_token_ids``, ``rejected_token_ids``): ``rspo logps`` and ``rspo train`` score exactly those.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def build_pairs(
         if has_non_finite(logits):
             non_finite.append(pid)
             continue
+        ids = row.get("token_ids")  # the ids themselves are checked where they are scored (rspo.logps)
+        if ids is not None and (len(ids) != k or not all(isinstance(t, list) for t in ids)):
+            raise ArtifactError(f"{responses_path}: prompt_id {pid!r}: token_ids must be {k} lists of ints")
         try:
             sel = select_pair(logits)
         except (TypeError, ValueError) as exc:
@@ -97,6 +102,8 @@ def build_pairs(
                 "p_rejected": sel.p_rejected,
                 "scores": [float(s) for s in sel.scores],
                 "num_candidates": k,
+                **({} if ids is None else {"chosen_token_ids": ids[sel.chosen],
+                                           "rejected_token_ids": ids[sel.rejected]}),
             }
         )
     extra = sorted(set(prefs) - seen)

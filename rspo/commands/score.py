@@ -7,6 +7,12 @@ each prompt's matrix and writes the ``preferences`` table: one row per prompt wi
 diagonal 0) and ``K``. A NaN/inf entry is written as null (strict JSON) and counted in the log;
 ``rspo pairs`` drops and counts that prompt. Prompts are judged in chunks (batched inside each
 chunk); with ``cache_dir`` set, judgements already made cost nothing.
+
+What the judge reads as the prompt is ``JudgeConfig.prompt_form``: ``raw``, the instruction as it is;
+or ``chat``, the policy's chat-formatted prompt string (:func:`rspo.chat.format_prompt`, e.g.
+``<s>[INST] {instruction} [/INST]`` for Mistral-7B-Instruct), which is what the authors' ``rank.py``
+gives PairRM. The chat template is that of ``--chat-model``, by default the model that generated the
+responses (the table's ``generator``).
 """
 
 from __future__ import annotations
@@ -19,25 +25,55 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CHUNK_PROMPTS = 16  # prompts per compare_many call (one progress-bar step each)
+PROMPT_FORMS = ("raw", "chat")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--responses", required=True, type=Path, help="responses table (K per prompt)")
     parser.add_argument("--out", required=True, type=Path, help="preferences table to write")
     parser.add_argument("--params", default=None, help="JudgeConfig as JSON, or @file.yaml (default: embedded)")
+    parser.add_argument("--chat-model", default=None,
+                        help="model whose chat template renders the prompt for prompt_form: chat "
+                             "(default: the responses' generator)")
 
 
-def score_rows(responses: list[dict], judge, chunk: int = CHUNK_PROMPTS) -> list[dict]:
-    """The ``preferences`` rows of ``responses`` under ``judge``."""
+def judge_prompts(responses: list[dict], prompt_form: str, chat_model: str | None = None,
+                  source: str = "responses") -> list[str]:
+    """The prompt string the judge reads for each row: the raw instruction, or (``chat``) the chat
+    template of ``chat_model`` (default: the rows' ``generator``) rendered around it."""
+    from rspo.config import ConfigError
+
+    if prompt_form not in PROMPT_FORMS:
+        raise ConfigError(f"judge.prompt_form: unknown {prompt_form!r}; allowed: {', '.join(PROMPT_FORMS)}")
+    if prompt_form == "raw":
+        return [r["prompt"] for r in responses]
+    from rspo.artifacts import ArtifactError
+    from rspo.chat import format_prompt
+    from rspo.models import load_tokenizer
+
+    if chat_model is None:
+        generators = sorted({r["generator"] for r in responses})
+        if len(generators) != 1:
+            raise ArtifactError(f"{source}: judge.prompt_form=chat needs one model's chat template, but the rows "
+                                f"come from {len(generators)} generators {generators[:3]}; pass --chat-model")
+        chat_model = generators[0]
+    tokenizer = load_tokenizer(chat_model)
+    return [format_prompt(tokenizer, r["prompt"]) for r in responses]
+
+
+def score_rows(responses: list[dict], judge, chunk: int = CHUNK_PROMPTS, prompts: list[str] | None = None) -> list[dict]:
+    """The ``preferences`` rows of ``responses`` under ``judge``; ``prompts`` = what the judge reads as each
+    row's prompt (default: the raw ``prompt``, see :func:`judge_prompts`)."""
     import numpy as np
     from tqdm import tqdm
 
+    prompts = [r["prompt"] for r in responses] if prompts is None else prompts
     rows: list[dict] = []
     bad: list[str] = []
     with tqdm(total=len(responses), desc=f"score ({judge.name})", unit="prompt") as bar:
         for start in range(0, len(responses), chunk):
             part = responses[start : start + chunk]
-            mats = judge.compare_many([r["prompt"] for r in part], [r["responses"] for r in part])
+            mats = judge.compare_many(prompts[start : start + chunk], [r["responses"] for r in part])
             for r, m in zip(part, mats):
                 logits = [[v if math.isfinite(v) else None for v in row] for row in np.asarray(m, dtype=float).tolist()]
                 if any(v is None for i, row in enumerate(logits) for j, v in enumerate(row) if i != j):
@@ -64,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
         seen.add(row["prompt_id"])
         if not all(isinstance(c, str) for c in row["responses"]):
             raise ArtifactError(f"{args.responses}: prompt_id {row['prompt_id']!r}: responses must be strings")
+    prompts = judge_prompts(responses, cfg.prompt_form, args.chat_model, source=str(args.responses))
     judge = get_judge(cfg)
-    rows = score_rows(responses, judge, max(1, CHUNK_PROMPTS))
+    rows = score_rows(responses, judge, max(1, CHUNK_PROMPTS), prompts)
     n = write_table(args.out, rows, "preferences")
     log.info("wrote %d preference matrices (judge %s) to %s", n, judge.name, args.out)
     return 0

@@ -9,7 +9,9 @@ may be null). Outputs, all plain files (for ``snakemake --report``):
 * ``summary.md``: the same rows, then the paper's layout (rows = regularizers; column groups
   LC WR / WR / length, one column per iteration);
 * ``plots/winrate.png``: LC WR, WR and length against the iteration, one line per regularizer;
-* ``paper_comparison.md``: our numbers beside the paper's (``rspo/data/paper_results.json``).
+* ``paper_comparison.md``: our numbers beside the paper's (``rspo/data/paper_results.json``: the
+  Mistral-7B-Instruct-v0.2 table, and under ``other_base_models`` the Llama-3-8B-Instruct one, chosen
+  by the run's policy; any other policy is compared with the Mistral table).
 """
 
 from __future__ import annotations
@@ -50,8 +52,17 @@ INDEX_KEYS = ("reg", "iteration", "metrics", "self_bleu", "train_log", "pairs_st
 METRIC_KEYS = ("win_rate", "n_total", "avg_length", "length_controlled_winrate", "lc_method")
 
 
-def load_paper_results() -> dict[str, Any]:
-    return json.loads(resources.files("rspo.data").joinpath("paper_results.json").read_text())
+def load_paper_results(base_model: str | None = None) -> dict[str, Any]:
+    """The paper's table for ``base_model`` (a hub id; a pinned ``@revision`` is ignored): the Mistral
+    table (the file's top level) unless an entry of ``other_base_models`` names that model."""
+    data = json.loads(resources.files("rspo.data").joinpath("paper_results.json").read_text())
+    others = data.pop("other_base_models", [])
+    if base_model:
+        name = base_model.rpartition("@")[0] if "@" in base_model else base_model
+        for table in others:
+            if table["base_model"] == name:
+                return table
+    return data
 
 
 def _mean(values: list[float]) -> float | None:
@@ -258,8 +269,8 @@ def paper_comparison(rows: list[dict[str, Any]], paper: dict[str, Any] | None = 
         series = {k: {0: base[k], **{i + 1: v for i, v in enumerate(m[k])}} for k, _ in keys}
         line = [m["method"], "paper"]
         for key, d in keys:
-            line += [_fmt(float(series[key][t]) if t in series[key] else None, d) for t in its]
-        lc = series["lc_win_rate"]
+            line += [_fmt(None if series[key].get(t) is None else float(series[key][t]), d) for t in its]
+        lc = {t: v for t, v in series["lc_win_rate"].items() if v is not None}  # the paper may omit iterations
         body.append(line + [_fmt(lc[max(lc)] - lc[0])])
         if any(r == m["reg"] for r, _ in ours):
             body.append(our_line(f"{m['method']} [reg `{m['reg']}`]", m["reg"]))
@@ -283,12 +294,14 @@ def paper_comparison(rows: list[dict[str, Any]], paper: dict[str, Any] | None = 
     )
 
 
-def summarize(index: list[dict[str, Any]], out_dir: str | Path, where: str = "index") -> list[dict[str, Any]]:
-    """Write every output of ``rspo summarize`` into ``out_dir``; returns the summary rows."""
+def summarize(index: list[dict[str, Any]], out_dir: str | Path, where: str = "index",
+              base_model: str | None = None) -> list[dict[str, Any]]:
+    """Write every output of ``rspo summarize`` into ``out_dir``; returns the summary rows.
+    ``base_model`` (the run's policy) picks the paper's table (:func:`load_paper_results`)."""
     out_dir = Path(out_dir)
     rows = collect(index, where)
     write_csv(rows, out_dir / "summary.csv")
     write_text(out_dir / "summary.md", summary_markdown(rows))
     plot(rows, out_dir / "plots" / "winrate.png")
-    write_text(out_dir / "paper_comparison.md", paper_comparison(rows))
+    write_text(out_dir / "paper_comparison.md", paper_comparison(rows, load_paper_results(base_model)))
     return rows

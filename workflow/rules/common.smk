@@ -72,6 +72,12 @@ with exit_on_config_error():
 ITERS = list(range(1, config["iterations"] + 1))
 
 
+def iteration_prompts(t):
+    """The prompt source of iteration t: prompts[t-1], or prompts[(t-1) mod n] with cycle_prompts."""
+    n = len(config["prompts"])
+    return config["prompts"][(t - 1) % n if config["cycle_prompts"] else t - 1]
+
+
 wildcard_constraints:
     reg="|".join(sorted(set(REGS) | set(config["regularizers"]) | {"base"})),
     t=r"\d+",
@@ -137,9 +143,7 @@ def hub_references():
         config["judge"]["model"],
         config["evaluation"]["annotator"]["model"],
     ]
-    sources = config["prompts"][: config["iterations"]] + [
-        config["evaluation"]["prompts"]
-    ]
+    sources = [iteration_prompts(t) for t in ITERS] + [config["evaluation"]["prompts"]]
     return [m for m in models if m and not is_path(m)] + [
         s["dataset"] for s in sources if s.get("dataset")
     ]
@@ -262,7 +266,7 @@ def needs_ref_samples(reg):
 def prompt_params(wildcards):
     """PromptSource of results/prompts/{split}.jsonl (iter{t}, eval, or selfbleu = eval's first ones)."""
     if wildcards.split.startswith("iter"):
-        return as_json(config["prompts"][int(wildcards.split[4:]) - 1])
+        return as_json(iteration_prompts(int(wildcards.split[4:])))
     source = dict(config["evaluation"]["prompts"])
     if wildcards.split == "selfbleu":
         wanted = config["evaluation"]["self_bleu"]["num_instructions"]

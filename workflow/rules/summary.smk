@@ -41,8 +41,9 @@ rule summarize:
     params:
         index=as_json(summary_index()),
         out_dir=out_dir,
+        policy=config["policy"],
     shell:
         "printf '%s\\n' {params.index:q} > {output.index:q}"
         " && python -m rspo --threads {threads} summarize"
-        " --index {output.index:q} --out-dir {params.out_dir:q}"
+        " --index {output.index:q} --out-dir {params.out_dir:q} --policy {params.policy:q}"
         " > {log:q} 2>&1"
