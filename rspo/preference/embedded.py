@@ -132,12 +132,12 @@ def is_truncated(text: str, style_aware: bool = True) -> bool:
 
     A text is complete when its last character is closing punctuation, a bracket, a quote, a code
     fence or a symbol (emoji), or when its last line is a letter's sign-off (at most 3 words after a
-    line ending with a comma, as "Best regards,\nSam"). With ``style_aware`` (the default; v1 had only
-    the rules above) a text that ends otherwise is still complete unless it is inside an open code
-    block, ends with , : ; - ( or a function word ("and", "the", ...), and it is complete when it is
-    one line of at most 3 words ("Yes", "Positive"), ends with a hashtag, a link or a table row, or
-    when at least half of its other lines (2 or more) also end in a letter or digit: unpunctuated
-    lines are then the text's style (lists, verse, tables), not a cut.
+    line ending with a comma, as "Best regards,\nSam"). Without ``style_aware`` (v1's rule) every other
+    ending is a cut. With it (the default), a text that ends otherwise is cut when it is inside an open
+    code block or ends with , : ; - ( or a function word ("and", "the", ...); it is complete when it is
+    one line of at most 3 words ("Yes", "Positive"), ends with a hashtag, a link or a table row, or when
+    at least half of its other lines (2 or more) also end in a letter or digit (unpunctuated lines are
+    then the text's style: lists, verse, tables); anything else is cut.
     """
     t = text.rstrip()
     if not t:
