@@ -486,7 +486,7 @@ def test_final_logit_is_the_mean_over_tasks(pairrm_dirs, tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
 
     tok = _blender_tokenizer(pairrm_dirs)
-    source, cands = "hello!", ["hi!", "f**k off!", "how are you"]
+    source, cands = "hello!", ["hi!", "f**k off!"]
     expected = _blender_full_predict(tok, _blender_ranker(pairrm_dirs, state), source, cands)
     np.testing.assert_allclose(_judge(tmp_path).compare(source, cands), expected, rtol=1e-5, atol=1e-5)
     # ... which is neither task alone
