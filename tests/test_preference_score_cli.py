@@ -65,7 +65,7 @@ def test_score_errors(tmp_path, capsys):
 
 def test_default_judge_is_the_embedded_one():
     judge = get_judge(JudgeConfig())
-    assert judge.name == "embedded-minilm-v1"
+    assert judge.name == "embedded-minilm-v2"
     assert judge.scale == 5.0  # JudgeConfig.beta
 
 

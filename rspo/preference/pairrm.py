@@ -123,15 +123,24 @@ class PairRMModel(nn.Module):
 
 
 def encode_prompt_candidates(tokenizer, source: str, candidates: Sequence[str]):
-    """Token ids of one prompt's pieces, truncated as ``tokenize_pair``.
+    """Token ids of one prompt's pieces, as LLM-Blender's ``CrossCompareCollator`` with one prompt per
+    batch (``Blender.rank(..., batch_size=1)``, the authors' ``rank.py``).
 
+    Every literal separator token (``[SEP]``) in the texts becomes a space (the collator's
+    ``.replace(sep_token, ' ')``); the source piece is cut to 1224 tokens, each candidate piece to
+    ``412 + (1224 - len(source piece)) // 2 = (2048 - len(source piece)) // 2`` (right truncation).
     Returns ``(source_ids, cand1_ids, cand2_ids)``: the source piece and each candidate encoded as
     candidate 1 and as candidate 2 (lists of K id lists), each piece with ``[CLS] ... [SEP]``.
     """
-    source_ids = tokenizer.encode(SOURCE_PREFIX + source, max_length=SOURCE_MAX_LENGTH, truncation=True)
+    sep = tokenizer.sep_token
+
+    def scrub(text: str) -> str:
+        return text.replace(sep, " ") if sep else text
+
+    source_ids = tokenizer.encode(scrub(SOURCE_PREFIX + source), max_length=SOURCE_MAX_LENGTH, truncation=True)
     cand_max = (MAX_LENGTH - len(source_ids)) // 2
-    cand1 = [tokenizer.encode(CAND1_PREFIX + c, max_length=cand_max, truncation=True) for c in candidates]
-    cand2 = [tokenizer.encode(CAND2_PREFIX + c, max_length=cand_max, truncation=True) for c in candidates]
+    cand1 = [tokenizer.encode(scrub(CAND1_PREFIX + c), max_length=cand_max, truncation=True) for c in candidates]
+    cand2 = [tokenizer.encode(scrub(CAND2_PREFIX + c), max_length=cand_max, truncation=True) for c in candidates]
     return source_ids, cand1, cand2
 
 
