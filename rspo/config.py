@@ -103,6 +103,8 @@ class TrainConfig:
     seed: int = 42
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = only at the end)
     logps_batch_size: int = 8  # batch size of the log-prob cache step
+    num_processes: int = 1  # training processes (GPUs); > 1 runs `accelerate launch` (rspo.launch)
+    accelerate_config: str | None = None  # accelerate config file (config/accelerate/*.yaml); null = none
 
 
 @dataclass
@@ -148,6 +150,7 @@ class RSPOConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpu_python: str = "python"  # interpreter of the rules that request a GPU (the GPU job venv)
 
 
 # --------------------------------------------------------------------------- conversion
