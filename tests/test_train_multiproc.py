@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -52,10 +53,10 @@ ONE = {**TWO, "gradient_accumulation_steps": 4, "num_processes": 1, "accelerate_
 STEPS, KILL_AFTER = 6, 5
 
 
-def _launch(entry: str, args: list[str], params: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``<train rule's launch prefix> ENTRY ARGS`` through bash, as Snakemake runs it (2 CPU processes)."""
+def _launch(entry: list[str], args: list[str], params: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``<train rule's launch prefix> ENTRY --threads 2 ARGS`` through bash, as Snakemake runs it (2 CPU processes)."""
     prefix = train_launch(sys.executable, params["num_processes"], params["accelerate_config"], gpus=0)
-    cmd = " ".join([prefix, entry, "--threads 2", *args, "--params", "'" + json.dumps(params) + "'"])
+    cmd = prefix + " " + shlex.join([*entry, "--threads", "2", *args, "--params", json.dumps(params)])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run(["bash", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -83,8 +84,8 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_model_dir_b):
         torch.set_num_threads(threads)
 
     out = {"dir": d, "pairs": pairs, "model": model}
-    out["two"] = _launch("-m rspo", _train_args(pairs, model, d / "two"), TWO)
-    out["killed"] = _launch(str(WORKER) + f" {KILL_AFTER}", _train_args(pairs, model, d / "resumed"), TWO)
+    out["two"] = _launch(["-m", "rspo"], _train_args(pairs, model, d / "two"), TWO)
+    out["killed"] = _launch([str(WORKER), str(KILL_AFTER)], _train_args(pairs, model, d / "resumed"), TWO)
     ckpt = partial_dir(d / "resumed" / "model")
     out["after_kill"] = {
         "checkpoint": sorted(p.name for p in (ckpt / "checkpoint").iterdir()) if (ckpt / "checkpoint").exists() else [],
@@ -92,9 +93,9 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_model_dir_b):
         "live_log": (ckpt / "train_log.jsonl").read_text().splitlines() if ckpt.exists() else [],
         "outputs": [p.name for p in (d / "resumed").iterdir()],
     }
-    out["resumed"] = _launch("-m rspo", _train_args(pairs, model, d / "resumed"), TWO)
+    out["resumed"] = _launch(["-m", "rspo"], _train_args(pairs, model, d / "resumed"), TWO)
     fsdp = {**TWO, "accelerate_config": str(ACCELERATE / "fsdp.yaml"), "checkpoint_every": 0}
-    out["fsdp"] = _launch("-m rspo", _train_args(pairs, model, d / "fsdp"), fsdp)
+    out["fsdp"] = _launch(["-m", "rspo"], _train_args(pairs, model, d / "fsdp"), fsdp)
     return out
 
 
