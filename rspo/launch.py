@@ -95,3 +95,13 @@ def process_threads(threads: int, environ: Mapping[str, str] | None = None) -> i
     except ValueError:
         local = 1
     return max(1, threads // max(1, local))
+
+
+def train_job(settings: Mapping[str, Any], train: Mapping[str, Any], gpu_python: str = DRIVER_PYTHON
+              ) -> tuple[dict[str, Any], str]:
+    """The train rule: (threads and resources, launch prefix) from its resolved ``settings``, the
+    config's ``train`` section and ``gpu_python``; ConfigError names the key."""
+    job = train_settings(settings, train["num_processes"])
+    prefix = train_launch(rule_python(job, gpu_python), train["num_processes"], train["accelerate_config"],
+                          job.get("gpu", 0))
+    return job, prefix

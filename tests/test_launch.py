@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rspo.config import ConfigError, TrainConfig, load_config
-from rspo.launch import process_threads, rule_python, train_launch, train_settings
+from rspo.launch import process_threads, rule_python, train_job, train_launch, train_settings
 from rspo.train import Plan, check_processes, configure_deepspeed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,16 @@ def test_train_resources_follow_the_number_of_processes():
     assert train_settings({"threads": 2, "gpu": 0}, 2) == {"threads": 4, "gpu": 0}  # CPU processes
     with pytest.raises(ConfigError, match="gpu = 2 but train.num_processes = 4"):
         train_settings({**gpu_rule, "gpu": 2}, 4)
+
+
+def test_the_train_job_of_the_workflow():
+    settings = {"threads": 8, "mem_mb": 64000, "gpu": 1, "gpu_jobs": 1}
+    one = {"num_processes": 1, "accelerate_config": None}
+    assert train_job(settings, one, "/gpu/bin/python") == (settings, "/gpu/bin/python")
+    assert train_job({**settings, "gpu": 0}, one, "/gpu/bin/python")[1] == "python"  # no GPU: the driver's
+    job, prefix = train_job(settings, {"num_processes": 2, "accelerate_config": "ddp.yaml"}, "/gpu/bin/python")
+    assert job["gpu"] == 2 and job["threads"] == 16
+    assert prefix == "/gpu/bin/python -m accelerate.commands.launch --num_processes 2 --config_file ddp.yaml"
 
 
 def test_threads_are_shared_by_the_processes_of_a_machine():

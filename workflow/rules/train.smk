@@ -4,27 +4,15 @@
 # (rspo.launch). The logps step is not launched this way: it is sharded.
 
 
-def train_launch():
-    """(threads and resources, launch prefix) of the train rule; config errors name the key."""
-    from rspo.config import ConfigError
-    from rspo.launch import train_launch as launch_prefix
-    from rspo.launch import train_settings
+from rspo.config import ConfigError
+from rspo.launch import train_job
 
-    train = config["train"]
-    try:
-        settings = train_settings(rule_settings("train"), train["num_processes"])
-        prefix = launch_prefix(
-            rule_python("train"),
-            train["num_processes"],
-            train["accelerate_config"],
-            settings.get("gpu", 0),
-        )
-    except ConfigError as exc:
-        raise WorkflowError(f"config {exc}") from None
-    return settings, prefix
-
-
-TRAIN_SETTINGS, TRAIN_LAUNCH = train_launch()
+try:
+    TRAIN_SETTINGS, TRAIN_LAUNCH = train_job(
+        rule_settings("train"), config["train"], config["gpu_python"]
+    )
+except ConfigError as exc:
+    raise WorkflowError(f"config {exc}") from None
 
 
 rule train:
