@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="CPU threads for torch (default: torch's choice). Set it to the cores the step may use: "
-        "oversubscribed threads slow CPU generation down by an order of magnitude",
+        "oversubscribed threads slow CPU generation down by an order of magnitude. Under `accelerate launch` "
+        "they are shared by the processes of the machine (LOCAL_WORLD_SIZE)",
     )
     sub = parser.add_subparsers(dest="command", metavar="STEP")
     for name, (module, help_) in COMMANDS.items():
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
     redact.install()  # secret values of the environment never reach a log line or an error message
     if args.threads:
-        set_threads(args.threads)
+        from rspo.launch import process_threads
+
+        set_threads(process_threads(args.threads))  # shared by the processes of `accelerate launch`
     if getattr(args, "_missing", False):
         print(f"rspo {args.command}: this step is not available in this installation", file=sys.stderr)
         return 2

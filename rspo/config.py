@@ -112,6 +112,8 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = only at the end)
     logps_batch_size: int = 8  # batch size of the log-prob cache step
     save_dtype: str = "fp32"  # dtype of the saved iterate: fp32 | bf16 (the authors: DeepSpeed's 16-bit save)
+    num_processes: int = 1  # training processes (GPUs); > 1 runs `accelerate launch` (rspo.launch)
+    accelerate_config: str | None = None  # accelerate config file (config/accelerate/*.yaml); null = none
 
 
 @dataclass
@@ -158,6 +160,7 @@ class RSPOConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpu_python: str = "python"  # interpreter of the rules that request a GPU (the GPU job venv)
 
 
 # --------------------------------------------------------------------------- conversion

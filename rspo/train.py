@@ -13,7 +13,14 @@ available), linear schedule with warm-up ratio (constant / cosine too), gradient
 max_length / max_prompt_length truncation (:mod:`rspo.logps`), dropout disabled, optional gradient
 checkpointing, bf16 mixed precision on GPU and fp32 on CPU. It runs on ``accelerate``, so
 ``accelerate launch`` with DDP, DeepSpeed ZeRO-3 or FSDP spreads it over several GPUs (data order,
-sharding and checkpoints go through the ``Accelerator``; only single-process CPU runs are tested).
+sharding and checkpoints go through the ``Accelerator``; :mod:`rspo.launch` builds the command).
+Two-process DDP runs on CPU (gloo) are tested against one process; FSDP and DeepSpeed need GPUs.
+
+Several processes: DDP averages the gradients of the ranks, so with the same global batch and data
+order a run of N processes computes the gradient of one process that accumulates N times as many
+micro-batches (up to the order of the float32 sums). Model, optimizer and scheduler state, the
+``state.json``, the log, the manifest and the final model are written by the main process; each
+process writes and reads its own RNG state; every process loads the checkpoint.
 
 Data order: each epoch is a permutation seeded by ``(seed, epoch)``; an optimizer step takes the
 next ``per_device_batch_size * gradient_accumulation_steps * num_processes`` pairs (the last step of
@@ -92,6 +99,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"TrainConfig.max_grad_norm: must be > 0 or null, got {cfg.max_grad_norm}")
     if cfg.save_dtype not in SAVE_DTYPES:
         raise ConfigError(f"TrainConfig.save_dtype: unknown {cfg.save_dtype!r}; allowed: {list(SAVE_DTYPES)}")
+    if cfg.num_processes < 1:
+        raise ConfigError(f"TrainConfig.num_processes: must be >= 1, got {cfg.num_processes}")
     resolve_precision(cfg.precision)
 
 
@@ -312,6 +321,44 @@ def make_scheduler(optimizer, cfg: TrainConfig, plan: Plan):
                          num_training_steps=plan.total_steps)
 
 
+# --------------------------------------------------------------------------- processes
+
+
+def check_processes(accelerator, cfg: TrainConfig) -> None:
+    """The run has the processes and the parallelism that its config and its launcher asked for."""
+    n = accelerator.num_processes
+    if n != cfg.num_processes:
+        hint = ""
+        if n == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            hint = (" (the launcher started several processes but accelerate did not join them: on CPU "
+                    "set ACCELERATE_USE_CPU=true, as the workflow does for a train rule without GPUs)")
+        raise ConfigError(f"TrainConfig.num_processes = {cfg.num_processes} but this run has {n} process(es){hint}; "
+                          "start it with `accelerate launch --num_processes N` or set num_processes to match")
+    kind = accelerator.distributed_type.name
+    for flag, wanted in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(flag, "false").lower() == "true" and kind != wanted:
+            raise RSPOError(f"the accelerate config asks for {wanted}, but accelerate runs {kind} here: {wanted} "
+                            "needs GPUs (accelerate runs several CPU processes as plain DDP); on CPU use "
+                            "config/accelerate/ddp.yaml")
+
+
+def configure_deepspeed(ds_config: dict, cfg: TrainConfig) -> None:
+    """Fill the DeepSpeed config's values that ``cfg`` owns (in place): the micro-batch size and the
+    gradient clipping, ``train.max_grad_norm`` (DeepSpeed clips inside its engine, where accelerate's
+    ``clip_grad_norm_`` does nothing; 0 = no clipping). Left ``auto``, accelerate would clip at 1.0
+    whatever the config says. A value set in the accelerate config file must agree."""
+    wanted = {"train_micro_batch_size_per_gpu": cfg.per_device_batch_size,
+              "gradient_clipping": float(cfg.max_grad_norm or 0.0)}
+    keys = {"train_micro_batch_size_per_gpu": "per_device_batch_size", "gradient_clipping": "max_grad_norm"}
+    for key, value in wanted.items():
+        given = ds_config.get(key, "auto")
+        if given in ("auto", None):
+            ds_config[key] = value
+        elif float(given) != value:
+            raise ConfigError(f"the DeepSpeed config sets {key} = {given} but train.{keys[key]} gives {value}: "
+                              f"remove {key} from the accelerate config (rspo sets it)")
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -478,6 +525,7 @@ def save_model(accelerator, net, tokenizer, out_dir: Path, meta: dict, save_dtyp
     accelerator.unwrap_model(net).save_pretrained(
         tmp, state_dict=state_dict, is_main_process=accelerator.is_main_process, save_function=accelerator.save
     )
+    accelerator.wait_for_everyone()  # every process creates ``tmp``: none may do so after the rename below
     if accelerator.is_main_process:
         set_config_dtype(tmp / "config.json", save_dtype)
         tokenizer.save_pretrained(tmp)
@@ -531,10 +579,15 @@ def train(
         inputs["ref_samples"] = Path(ref_samples)
     elif ref_samples is not None:
         log.info("ignoring --ref-samples: the regularizer %s has no forward_kl term", lambdas)
+    if cfg.accelerate_config is not None:
+        inputs["accelerate_config"] = Path(cfg.accelerate_config)
 
     mixed_precision = resolve_precision(cfg.precision)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               mixed_precision=mixed_precision)
+    check_processes(accelerator, cfg)
+    if not accelerator.is_main_process:
+        logging.getLogger("rspo").setLevel(logging.WARNING)  # the main process logs the run once
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(model)
     net = load_causal_lm(model, dtype="fp32", device="cpu", trainable=True)  # bf16 = autocast over fp32
@@ -547,9 +600,10 @@ def train(
     optimizer = make_optimizer(net, cfg)
     scheduler = make_scheduler(optimizer, cfg, plan)
     ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if ds_plugin is not None and ds_plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-        # DeepSpeed needs the micro-batch size; accelerate reads it from a prepared dataloader, we have none
-        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
+    if ds_plugin is not None:
+        # DeepSpeed needs the micro-batch size (accelerate reads it from a prepared dataloader, we have
+        # none) and clips gradients itself
+        configure_deepspeed(ds_plugin.deepspeed_config, cfg)
     net, optimizer = accelerator.prepare(net, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -595,8 +649,9 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
             for k, v in out.metrics().items():
                 sums[k] = sums.get(k, 0.0) + v / len(micro)
-        keys = sorted(sums)
-        means = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=accelerator.device), "mean")
+        keys = sorted(sums)  # the mean over the processes' micro-batches, in float64 like the sums above
+        means = accelerator.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64,
+                                                device=accelerator.device), "mean")
         record = {"step": step + 1, "epoch": (step + 1) / plan.steps_per_epoch, "lr": lr, "grad_norm": grad_norm,
                   **{k: float(v) for k, v in zip(keys, means.tolist())}}
         records.append(record)

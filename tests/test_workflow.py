@@ -78,6 +78,14 @@ PAPER = str(ROOT / "config" / "paper-mistral7b.yaml")
 LLAMA3 = str(ROOT / "config" / "paper-llama3-8b.yaml")
 # the paper presets need a local reference-outputs file to plan
 PAPER_FILES = {"gpt4_turbo_outputs.json": "[]", "overlay.yaml": "evaluation: {reference: gpt4_turbo_outputs.json}\n"}
+# the paper on 4 GPUs with DeepSpeed ZeRO-3, the GPU rules in their own venv (a path with a space)
+GPU_PYTHON = "/opt/rspo gpu/bin/python"
+ZERO3 = ROOT / "config" / "accelerate" / "deepspeed_zero3.yaml"
+MULTIPROC = (
+    f"gpu_python: {GPU_PYTHON}\n"
+    f"train: {{num_processes: 4, gradient_accumulation_steps: 2, accelerate_config: {ZERO3}}}\n"
+    "evaluation: {reference: gpt4_turbo_outputs.json}\n"
+)
 DRY_RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "none": (("-n", "-p", "--config", "reg=none"), {}),
     "forward_kl": (("-n", "-p", "--config", "reg=forward_kl"), {}),
@@ -101,6 +109,11 @@ DRY_RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
         ("-n", "-p", "--configfile", PAPER, "overlay.yaml", "--config", "reg=none", "iterations=4", "cycle_prompts=True"),
         PAPER_FILES,
     ),
+    "multiproc": (
+        ("-n", "-p", "--configfile", PAPER, "overlay.yaml", "--config", "reg=mixed"),
+        {"gpt4_turbo_outputs.json": "[]", "overlay.yaml": MULTIPROC},
+    ),
+    "multiproc_without_config": (("-n", "--configfile", "bad.yaml"), {"bad.yaml": "train: {num_processes: 2}\n"}),
 }
 
 
@@ -378,6 +391,38 @@ def test_slurm_profile_resolves_gpu_resources(dry):
     assert "runtime=1440" in resources["train"] and "mem_mb=128000" in resources["train"]
     assert "gpu=" not in resources["pairs"] and "slurm_partition=cpu" in resources["pairs"]
     assert "gpu=0" in resources["annotate"]  # the GPT-4-turbo annotator is an API call
+
+
+def test_gpu_rules_run_the_gpu_python_and_train_runs_accelerate_launch(dry):
+    import shlex
+
+    rc, out, _ = dry["multiproc"]
+    assert rc == 0, out
+    gpu_python = shlex.quote(GPU_PYTHON)
+    for rule in ("generate", "score", "logps", "eval_generate", "selfbleu_generate"):
+        cmds = shell_commands(out, rule)
+        assert cmds and all(c.startswith(f"Shell command: {gpu_python} -m rspo --threads ") for c in cmds), rule
+    # rules without a GPU keep the driver's interpreter (annotate: the GPT-4-turbo API, gpu: 0)
+    for rule in ("prepare_prompts", "pairs", "annotate", "metrics", "self_bleu", "summarize"):
+        cmds = shell_commands(out, rule)
+        assert cmds and all(" python -m rspo --threads " in c for c in cmds), rule
+        assert not any(GPU_PYTHON in c or "accelerate" in c for c in cmds), rule
+    launch = f"Shell command: {gpu_python} -m accelerate.commands.launch --num_processes 4 --config_file {ZERO3} -m rspo"
+    train = shell_commands(out, "train")
+    assert len(train) == 3 and all(c.startswith(launch + " --threads ") for c in train), train[0]
+    params = json.loads(re.search(r"--params '([^']*)'", train[0]).group(1))
+    assert params["num_processes"] == 4 and params["accelerate_config"] == str(ZERO3)
+    # one GPU per process for the train job; the other GPU rules keep one
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, re.M | re.S)
+    resources = {rule: re.search(r"resources: (.*)", block).group(1) for rule, block in blocks}
+    assert re.search(r"\bgpu=4\b", resources["train"]) and re.search(r"\bgpu=1\b", resources["generate"])
+    # the accelerate config is an input of the train jobs (a changed file reruns them)
+    assert re.search(rf"^rule train:\n    input: .*{re.escape(str(ZERO3))}", out, re.M)
+
+
+def test_several_processes_need_an_accelerate_config(dry):
+    rc, out, _ = dry["multiproc_without_config"]
+    assert rc != 0 and "config train.num_processes = 2 needs train.accelerate_config" in out, out
 
 
 # --------------------------------------------------------------------------- end to end

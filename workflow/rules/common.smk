@@ -356,3 +356,11 @@ def conda_env(name):
     """The pinned environment of a rule: the GPU one (CUDA torch, vLLM) where it asks for a GPU."""
     gpu = rule_settings(name).get("gpu", 0) > 0
     return "../../envs/gpu.yaml" if gpu else "../../envs/cpu.yaml"
+
+
+def rule_python(name):
+    """The interpreter of a rule: `gpu_python` (the GPU job venv) where it asks for a GPU, else the
+    driver's `python` (rspo.launch)."""
+    from rspo.launch import rule_python as python_for
+
+    return python_for(rule_settings(name), config["gpu_python"])

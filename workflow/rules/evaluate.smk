@@ -19,10 +19,11 @@ rule eval_generate:
     resources:
         **rule_resources("eval_generate"),
     params:
+        python=rule_python("eval_generate"),
         model=evaluated,
         generation=EVAL_GENERATE_PARAMS,
     shell:
-        "python -m rspo --threads {threads} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} > {log:q} 2>&1"
 
@@ -66,10 +67,11 @@ rule annotate:
     resources:
         **rule_resources("annotate"),
     params:
+        python=rule_python("annotate"),
         annotator=ANNOTATOR_PARAMS,
         seed=config["evaluation"]["seed"],
     shell:
-        "python -m rspo --threads {threads} annotate"
+        "{params.python:q} -m rspo --threads {threads} annotate"
         " --outputs {input.outputs:q} --reference {input.reference:q}"
         " --out {output:q} --params {params.annotator:q} --seed {params.seed} > {log:q} 2>&1"
 
@@ -114,10 +116,11 @@ rule selfbleu_generate:
     resources:
         **rule_resources("selfbleu_generate"),
     params:
+        python=rule_python("selfbleu_generate"),
         model=evaluated,
         generation=SELFBLEU_GENERATE_PARAMS,
     shell:
-        "python -m rspo --threads {threads} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} > {log:q} 2>&1"
 

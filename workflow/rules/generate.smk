@@ -18,10 +18,11 @@ rule generate:
     resources:
         **rule_resources("generate"),
     params:
+        python=rule_python("generate"),
         model=sampler,
         generation=GENERATE_PARAMS,
     shell:
-        "python -m rspo --threads {threads} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} > {log:q} 2>&1"
 
@@ -42,9 +43,10 @@ rule generate_ref:
     resources:
         **rule_resources("generate_ref"),
     params:
+        python=rule_python("generate_ref"),
         model=reference_model,
         generation=REF_GENERATE_PARAMS,
     shell:
-        "python -m rspo --threads {threads} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} > {log:q} 2>&1"

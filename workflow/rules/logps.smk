@@ -19,11 +19,12 @@ rule logps:
     resources:
         **rule_resources("logps"),
     params:
+        python=rule_python("logps"),
         last_model=sampler,
         ref_model=reference_model,
         train=LOGPS_PARAMS,
     shell:
-        "python -m rspo --threads {threads} logps"
+        "{params.python:q} -m rspo --threads {threads} logps"
         " --pairs {input.pairs:q} --last-model {params.last_model:q}"
         " --ref-model {params.ref_model:q} --out {output:q} --params {params.train:q}"
         " > {log:q} 2>&1"

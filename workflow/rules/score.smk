@@ -16,8 +16,9 @@ rule score:
     resources:
         **rule_resources("score"),
     params:
+        python=rule_python("score"),
         judge=JUDGE_PARAMS,
     shell:
-        "python -m rspo --threads {threads} score"
+        "{params.python:q} -m rspo --threads {threads} score"
         " --responses {input:q} --out {output:q}"
         " --params {params.judge:q} > {log:q} 2>&1"
