@@ -31,10 +31,14 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rspo.chat import encode_prompt
 from rspo.config import GenerateConfig, SamplingConfig
 from rspo.errors import RSPOError
+
+if TYPE_CHECKING:
+    from rspo.sharding import Shard
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +85,28 @@ def sampling_record(cfg: GenerateConfig) -> dict:
             "seed": s.seed, "n": s.n, "backend": cfg.backend}
 
 
-def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progress: bool = True) -> list[dict]:
+def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progress: bool = True,
+             shard: Shard | None = None) -> list[dict]:
     """Rows of the ``responses`` table: K = ``cfg.sampling.n`` responses for each prompt row
-    (``prompt_id``, ``prompt``), in the order of ``prompts``."""
+    (``prompt_id``, ``prompt``), in the order of ``prompts``. With ``shard`` only the prompts of
+    that shard's batches (:func:`generation_batches`), still in the order of ``prompts``; a shard
+    without a batch loads no model and returns no row."""
+    from rspo.sharding import num_chunks, shard_units
+
     check_config(cfg)
     ids = [str(p["prompt_id"]) for p in prompts]
     texts = [p["prompt"] for p in prompts]
+    if shard is not None and not shard_units(num_chunks(len(texts), cfg.batch_size), shard):
+        log.info("shard %s has no batch of the %d prompts: nothing to generate", shard, len(texts))
+        return []
     if cfg.backend == "vllm":
-        completions = generate_vllm(model_ref, texts, cfg)
+        completions = generate_vllm(model_ref, texts, cfg, shard=shard)
     else:
         from rspo.models import load_causal_lm, load_tokenizer
 
         tokenizer = load_tokenizer(model_ref, padding_side="left")
         model = load_causal_lm(model_ref, dtype=cfg.dtype)
-        completions = generate_with_model(model, tokenizer, ids, texts, cfg, progress=progress)
+        completions = generate_with_model(model, tokenizer, ids, texts, cfg, progress=progress, shard=shard)
     sampling = sampling_record(cfg)
     return [
         {
@@ -107,6 +119,7 @@ def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progr
             "sampling": dict(sampling),
         }
         for pid, text, outs in zip(ids, texts, completions, strict=True)
+        if outs is not None
     ]
 
 
@@ -194,28 +207,36 @@ def prompt_token_ids(tokenizer, prompts: Sequence[str], max_prompt_length: int |
     return out
 
 
+def generation_batches(encoded: Sequence[Sequence[int]], batch_size: int, shard: Shard | None = None) -> list[list[int]]:
+    """Prompt indices in batches of ``batch_size``, longest prompt first (fewer pad tokens per batch,
+    and an out-of-memory shows at once); with ``shard`` only that shard's batches of this order of
+    ALL prompts, so a batch holds the same prompts whatever the shard count (:mod:`rspo.sharding`)."""
+    from rspo.sharding import longest_first_batches, select
+
+    return select(longest_first_batches([len(ids) for ids in encoded], batch_size), shard)
+
+
 def generate_with_model(model, tokenizer, prompt_ids: Sequence[str], prompts: Sequence[str],
-                        cfg: GenerateConfig, progress: bool = True) -> list[list[Completion]]:
-    """K completions per prompt with an already-loaded ``AutoModelForCausalLM`` (see module doc)."""
+                        cfg: GenerateConfig, progress: bool = True,
+                        shard: Shard | None = None) -> list[list[Completion] | None]:
+    """K completions per prompt with an already-loaded ``AutoModelForCausalLM`` (see module doc);
+    with ``shard``, None for the prompts outside its batches (:func:`generation_batches`)."""
     from tqdm.auto import tqdm
 
     check_config(cfg)
     if len(set(prompt_ids)) != len(prompt_ids):
         raise RSPOError("prompt ids must be unique (they seed the samples)")
     encoded = prompt_token_ids(tokenizer, prompts, cfg.max_prompt_length)
-    # longest first: fewer pad tokens per batch, and an out-of-memory shows at once (results do not
-    # depend on the batching, see the module doc)
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    batches = generation_batches(encoded, cfg.batch_size, shard)  # results do not depend on the batching
     results: list[list[Completion] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
-    for start in range(0, len(order), cfg.batch_size):
-        batch = order[start : start + cfg.batch_size]
+    bar = tqdm(total=sum(map(len, batches)), desc="generate", unit="prompt", disable=not progress)
+    for batch in batches:
         outs = _generate_batch(model, tokenizer, [encoded[i] for i in batch], [prompt_ids[i] for i in batch], cfg)
         for i, out in zip(batch, outs, strict=True):
             results[i] = out
         bar.update(len(batch))
     bar.close()
-    return results  # type: ignore[return-value]
+    return results
 
 
 def _forward_kwargs(model) -> set[str]:
@@ -312,8 +333,10 @@ def _vllm_dtype(name: str) -> str:
     return str(resolve_dtype(name)).removeprefix("torch.")
 
 
-def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig) -> list[list[Completion]]:
-    """K completions per prompt with vLLM: one request per prompt with ``n=K`` (needs a GPU)."""
+def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig,
+                  shard: Shard | None = None) -> list[list[Completion] | None]:
+    """K completions per prompt with vLLM: one request per prompt with ``n=K`` (needs a GPU); with
+    ``shard`` only the prompts of its batches (:func:`generation_batches`), None for the others."""
     vllm = import_vllm()
     from rspo.models import check_reference, load_tokenizer
 
@@ -322,15 +345,16 @@ def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig) -
     path = check_reference(model_ref, "model")
     tokenizer = load_tokenizer(model_ref, padding_side="left")
     encoded = prompt_token_ids(tokenizer, prompts, cfg.max_prompt_length)
+    chosen = sorted(i for batch in generation_batches(encoded, cfg.batch_size, shard) for i in batch)
     llm = vllm.LLM(model=path, tokenizer=path, tensor_parallel_size=cfg.tensor_parallel_size,
                    dtype=_vllm_dtype(cfg.dtype), gpu_memory_utilization=cfg.gpu_memory_utilization, seed=s.seed)
     params = vllm.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
                                  seed=s.seed)
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=True)
-    if len(outputs) != len(prompts):
-        raise RSPOError(f"vllm returned {len(outputs)} results for {len(prompts)} prompts")
-    results = []
-    for i, request in enumerate(outputs):
+    outputs = llm.generate([{"prompt_token_ids": encoded[i]} for i in chosen], params, use_tqdm=True)
+    if len(outputs) != len(chosen):
+        raise RSPOError(f"vllm returned {len(outputs)} results for {len(chosen)} prompts")
+    results: list[list[Completion] | None] = [None] * len(prompts)
+    for i, request in zip(chosen, outputs, strict=True):
         samples = sorted(request.outputs, key=lambda o: o.index)
         if len(samples) != s.n:
             raise RSPOError(f"vllm returned {len(samples)} samples for prompt {i}, expected n={s.n}")
@@ -339,5 +363,5 @@ def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig) -
             if o.finish_reason not in FINISH_REASONS:
                 raise RSPOError(f"vllm finished prompt {i} sample {o.index} with reason {o.finish_reason!r}")
             row.append(Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason=o.finish_reason))
-        results.append(row)
+        results[i] = row
     return results
