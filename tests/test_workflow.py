@@ -293,7 +293,11 @@ def test_slurm_profile_resolves_gpu_resources(dry):
     assert rc == 0, out
     counts = job_counts(out)
     # the paper: T = 3, self-BLEU on, a hub policy (no prepare_models)
-    assert counts["generate"] == 3 and counts["train"] == 3 and counts["selfbleu_generate"] == 4
+    assert counts["train"] == 3 and counts["selfbleu_generate"] == 4
+    # its shards (config/README.md): generation in 4 jobs per iteration, scoring and log-probs in 2, each merged once
+    assert counts["generate"] == 3 * 4 and counts["score"] == counts["logps"] == 3 * 2
+    assert counts["generate_merge"] == counts["score_merge"] == counts["logps_merge"] == 3
+    assert "eval_generate_merge" not in counts
     assert "prepare_models" not in counts
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, re.M | re.S)
     resources = {rule: re.search(r"resources: (.*)", block).group(1) for rule, block in blocks}
