@@ -240,7 +240,7 @@ def sharded(path, step):
     if config["shards"][step] == 1:
         return path
     p = Path(path)
-    return str(p.parent / "shards" / (p.stem + ".{shard}" + p.suffix))
+    return str(p.parent / "shards" / f"{p.stem}.{{shard}}{p.suffix}")
 
 
 def shard_parts(path, step):
