@@ -1,6 +1,6 @@
 """Sharded steps (rspo.sharding): every unit (batch / chunk) holds the same rows for every shard
 count, the parts merge into exactly the unsharded rows, and `rspo merge` rejects parts that do not
-cover the input exactly once. The workflow's byte-identity across N = 1, 2, 3 is
+cover the input exactly once. The workflow's byte-identity (N = 1 against 2 and 3) is
 tests/test_workflow_shards.py."""
 
 from __future__ import annotations
