@@ -96,6 +96,18 @@ SCHEMAS: dict[str, Schema] = {
             },
             {"chosen_token_ids": list, "rejected_token_ids": list},
         ),
+        # one shard of rspo logps (--shard i/N): one row per scored sequence; rspo merge joins the parts
+        Schema(
+            "pairs_logps_part",
+            1,
+            {
+                "prompt_id": str,
+                "model": str,  # "last" (pi_t) | "ref" (mu)
+                "response": str,  # "chosen" | "rejected"
+                "logp": _NUM,  # log model(response | prompt), a SUM over response tokens
+                "tokens": int,  # response tokens scored (that model's tokenizer)
+            },
+        ),
         # per optimizer step (rspo train)
         Schema("train_log", 1, {"step": int, "loss": _NUM, "lr": _NUM}),
     ]

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("metrics", "win rate, LC win rate and length from an annotations file"),
     "self-bleu": ("self_bleu", "Self-BLEU of n samples per instruction"),
     "summarize": ("summarize", "summary tables, plot and paper comparison over all runs"),
+    "merge": ("merge", "join the parts of a sharded step (--shard i/N) into its artefact"),
 }
 
 

@@ -145,6 +145,17 @@ class EvalConfig:
 
 
 @dataclass
+class ShardsConfig:
+    """Independent jobs per step (rspo.sharding): 1 = one job; N > 1 = N ``--shard i/N`` jobs
+    merged by ``rspo merge`` into a file byte-identical to the one-job file."""
+
+    generate: int = 1  # generate and generate_ref (each iteration's K responses)
+    score: int = 1
+    logps: int = 1
+    eval_generate: int = 1  # eval_generate and selfbleu_generate
+
+
+@dataclass
 class RSPOConfig:
     """The whole workflow configuration (``config/config.yaml``)."""
 
@@ -159,6 +170,7 @@ class RSPOConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     gpu_python: str = "python"  # interpreter of the rules that request a GPU (the GPU job venv)
 

@@ -39,10 +39,14 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rspo.chat import encode_prompt
 from rspo.config import GenerateConfig, SamplingConfig
 from rspo.errors import RSPOError
+
+if TYPE_CHECKING:
+    from rspo.sharding import Shard
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +98,28 @@ def sampling_record(cfg: GenerateConfig) -> dict:
             "seed": s.seed, "n": s.n, "backend": cfg.backend, "seeding": s.seeding}
 
 
-def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progress: bool = True) -> list[dict]:
+def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progress: bool = True,
+             shard: Shard | None = None) -> list[dict]:
     """Rows of the ``responses`` table: K = ``cfg.sampling.n`` responses for each prompt row
-    (``prompt_id``, ``prompt``), in the order of ``prompts``."""
+    (``prompt_id``, ``prompt``), in the order of ``prompts``. With ``shard`` only the prompts of
+    that shard's batches (:func:`generation_batches`), still in the order of ``prompts``; a shard
+    without a batch loads no model and returns no row."""
+    from rspo.sharding import num_chunks, shard_units
+
     check_config(cfg)
     ids = [str(p["prompt_id"]) for p in prompts]
     texts = [p["prompt"] for p in prompts]
+    if shard is not None and not shard_units(num_chunks(len(texts), cfg.batch_size), shard):
+        log.info("shard %s has no batch of the %d prompts: nothing to generate", shard, len(texts))
+        return []
     if cfg.backend == "vllm":
-        completions = generate_vllm(model_ref, texts, cfg)
+        completions = generate_vllm(model_ref, texts, cfg, shard=shard)
     else:
         from rspo.models import load_causal_lm, load_tokenizer
 
         tokenizer = load_tokenizer(model_ref, padding_side="left")
         model = load_causal_lm(model_ref, dtype=cfg.dtype)
-        completions = generate_with_model(model, tokenizer, ids, texts, cfg, progress=progress)
+        completions = generate_with_model(model, tokenizer, ids, texts, cfg, progress=progress, shard=shard)
     sampling = sampling_record(cfg)
     return [
         {
@@ -121,6 +133,7 @@ def generate(model_ref: str, prompts: Sequence[dict], cfg: GenerateConfig, progr
             "sampling": dict(sampling),
         }
         for pid, text, outs in zip(ids, texts, completions, strict=True)
+        if outs is not None
     ]
 
 
@@ -220,28 +233,36 @@ def prompt_token_ids(tokenizer, prompts: Sequence[str], max_prompt_length: int |
     return out
 
 
+def generation_batches(encoded: Sequence[Sequence[int]], batch_size: int, shard: Shard | None = None) -> list[list[int]]:
+    """Prompt indices in batches of ``batch_size``, longest prompt first (fewer pad tokens per batch,
+    and an out-of-memory shows at once); with ``shard`` only that shard's batches of this order of
+    ALL prompts, so a batch holds the same prompts whatever the shard count (:mod:`rspo.sharding`)."""
+    from rspo.sharding import longest_first_batches, select
+
+    return select(longest_first_batches([len(ids) for ids in encoded], batch_size), shard)
+
+
 def generate_with_model(model, tokenizer, prompt_ids: Sequence[str], prompts: Sequence[str],
-                        cfg: GenerateConfig, progress: bool = True) -> list[list[Completion]]:
-    """K completions per prompt with an already-loaded ``AutoModelForCausalLM`` (see module doc)."""
+                        cfg: GenerateConfig, progress: bool = True,
+                        shard: Shard | None = None) -> list[list[Completion] | None]:
+    """K completions per prompt with an already-loaded ``AutoModelForCausalLM`` (see module doc);
+    with ``shard``, None for the prompts outside its batches (:func:`generation_batches`)."""
     from tqdm.auto import tqdm
 
     check_config(cfg)
     if len(set(prompt_ids)) != len(prompt_ids):
         raise RSPOError("prompt ids must be unique (they seed the samples)")
     encoded = prompt_token_ids(tokenizer, prompts, cfg.max_prompt_length)
-    # longest first: fewer pad tokens per batch, and an out-of-memory shows at once (results do not
-    # depend on the batching, see the module doc)
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    batches = generation_batches(encoded, cfg.batch_size, shard)  # results do not depend on the batching
     results: list[list[Completion] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
-    for start in range(0, len(order), cfg.batch_size):
-        batch = order[start : start + cfg.batch_size]
+    bar = tqdm(total=sum(map(len, batches)), desc="generate", unit="prompt", disable=not progress)
+    for batch in batches:
         outs = _generate_batch(model, tokenizer, [encoded[i] for i in batch], [prompt_ids[i] for i in batch], cfg)
         for i, out in zip(batch, outs, strict=True):
             results[i] = out
         bar.update(len(batch))
     bar.close()
-    return results  # type: ignore[return-value]
+    return results
 
 
 def _forward_kwargs(model) -> set[str]:
@@ -339,9 +360,11 @@ def _vllm_dtype(name: str) -> str:
     return str(resolve_dtype(name)).removeprefix("torch.")
 
 
-def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig) -> list[list[Completion]]:
+def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig,
+                  shard: Shard | None = None) -> list[list[Completion] | None]:
     """K completions per prompt with vLLM (needs a GPU): one request per prompt with ``n=K``, or with
-    ``seeding: passes`` K passes over all prompts with ``n=1`` and the pass's seed."""
+    ``seeding: passes`` K passes over the prompts with ``n=1`` and the pass's seed. With ``shard`` only
+    the prompts of its batches (:func:`generation_batches`), None for the others."""
     vllm = import_vllm()
     from rspo.models import load_tokenizer, resolve_model
 
@@ -351,35 +374,36 @@ def generate_vllm(model_ref: str, prompts: Sequence[str], cfg: GenerateConfig) -
     pinned = {"revision": revision, "tokenizer_revision": revision} if revision else {}
     tokenizer = load_tokenizer(model_ref, padding_side="left")
     encoded = prompt_token_ids(tokenizer, prompts, cfg.max_prompt_length)
+    chosen = sorted(i for batch in generation_batches(encoded, cfg.batch_size, shard) for i in batch)
     llm = vllm.LLM(model=path, tokenizer=path, tensor_parallel_size=cfg.tensor_parallel_size,
                    dtype=_vllm_dtype(cfg.dtype), gpu_memory_utilization=cfg.gpu_memory_utilization, seed=s.seed,
                    **pinned)
-    requests = [{"prompt_token_ids": ids} for ids in encoded]
+    requests = [{"prompt_token_ids": encoded[i]} for i in chosen]
 
     def run(n: int, seed: int) -> list:
         params = vllm.SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
                                      seed=seed)
         outputs = llm.generate(requests, params, use_tqdm=True)
-        if len(outputs) != len(prompts):
-            raise RSPOError(f"vllm returned {len(outputs)} results for {len(prompts)} prompts")
+        if len(outputs) != len(chosen):
+            raise RSPOError(f"vllm returned {len(outputs)} results for {len(chosen)} prompts")
         samples = [sorted(request.outputs, key=lambda o: o.index) for request in outputs]
-        for i, got in enumerate(samples):
+        for i, got in zip(chosen, samples, strict=True):
             if len(got) != n:
                 raise RSPOError(f"vllm returned {len(got)} samples for prompt {i}, expected n={n}")
         return samples
 
     if s.seeding == "passes":
         passes = [run(1, pass_seed(s.seed, k)) for k in range(s.n)]
-        per_prompt = [[passes[k][i][0] for k in range(s.n)] for i in range(len(prompts))]
+        per_prompt = [[passes[k][j][0] for k in range(s.n)] for j in range(len(chosen))]
     else:
         per_prompt = run(s.n, s.seed)
-    results = []
-    for i, samples in enumerate(per_prompt):
+    results: list[list[Completion] | None] = [None] * len(prompts)
+    for i, samples in zip(chosen, per_prompt, strict=True):
         row = []
         for k, o in enumerate(samples):
             if o.finish_reason not in FINISH_REASONS:
                 raise RSPOError(f"vllm finished prompt {i} sample {k} with reason {o.finish_reason!r}")
             ids = tuple(int(t) for t in o.token_ids)
             row.append(Completion(text=o.text, num_tokens=len(ids), finish_reason=o.finish_reason, token_ids=ids))
-        results.append(row)
+        results[i] = row
     return results

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from rspo.sharding import Shard
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -218,21 +220,25 @@ def score(
     batch_size: int,
     mixed_precision: str = "no",
     desc: str = "logps",
+    shard: Shard | None = None,
 ) -> tuple[list[float], list[int]]:
     """``sequence_logps`` of many sequences without gradients: (sums, counts) in input order.
 
     Sequences are scored longest first (little padding; an out-of-memory shows in the first batch).
+    With ``shard`` only that shard's batches of this order are scored (:mod:`rspo.sharding`); the
+    other entries stay None.
     """
     import torch
     from tqdm import tqdm
 
+    from rspo.sharding import longest_first_batches, select
+
     device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
-    sums: list[float] = [0.0] * len(seqs)
-    counts: list[int] = [0] * len(seqs)
-    with torch.no_grad(), tqdm(total=len(seqs), desc=desc, unit="seq") as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+    batches = select(longest_first_batches([len(s.input_ids) for s in seqs], batch_size), shard)
+    sums: list = [None] * len(seqs)
+    counts: list = [None] * len(seqs)
+    with torch.no_grad(), tqdm(total=sum(map(len, batches)), desc=desc, unit="seq") as bar:
+        for idx in batches:
             batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id).items()}
             with autocast(mixed_precision, device):
                 s, c = sequence_logps(model, batch)

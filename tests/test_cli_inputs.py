@@ -115,6 +115,8 @@ CASES = [
     ("self-bleu", ["self-bleu", "--responses", "{responses}", "--out", "{tmp}/s.json"],
      "Self-BLEU needs n >= 2 samples per prompt; found n = 1"),
     ("summarize", ["summarize", "--index", "{index}", "--out-dir", "{tmp}/sum"], "expected a non-empty JSON list"),
+    ("merge", ["merge", "--kind", "responses", "--source", "{prompts}", "--out", "{tmp}/m.jsonl", "{missing}"],
+     "missing.jsonl: file not found"),
 ]
 
 

@@ -100,6 +100,11 @@ DRY_RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "reserved_name": (("-n", "--configfile", "bad.yaml"), {"bad.yaml": "regularizers: {base: {chi2: 0.1}}\n"}),
     "too_few_prompt_sets": (("-n", "--config", "iterations=4"), {}),
     "lint": (("--lint",), {}),
+    "shards": (
+        ("-n", "-p", "--configfile", "shards.yaml", "--config", "reg=forward_kl"),
+        {"shards.yaml": "shards: {generate: 3, score: 2, logps: 2, eval_generate: 2}\n"
+                        "evaluation: {self_bleu: {enabled: true}}\n"},
+    ),
     "slurm": (
         ("-n", "--profile", "slurm", "--configfile", PAPER, "overlay.yaml", "--config", "reg=mixed"),
         {"gpt4_turbo_outputs.json": "[]", "overlay.yaml": "evaluation: {reference: gpt4_turbo_outputs.json}\n"},
@@ -228,6 +233,32 @@ def test_dry_run_commands_follow_the_layout(dry):
     annotate = " ".join(shell_commands(dry["mixed"][1], "annotate"))
     assert ("--outputs results/mixed/eval/pi2/model_outputs.json"
             " --reference results/base/eval/pi0/model_outputs.json") in annotate
+
+
+def test_dry_run_with_shards_plans_n_jobs_and_a_local_merge_per_step(dry):
+    """config `shards` (tests/test_workflow_shards.py runs it): N jobs per sharded step, one merge each."""
+    rc, out, _ = dry["shards"]
+    assert rc == 0, out
+    counts = expected(1, forward_kl=True)
+    evaluated = counts["eval_generate"]
+    counts.update(selfbleu_generate=evaluated, self_bleu=evaluated, prepare_prompts=T + 2)  # self-BLEU on
+    shards = {"generate": 3, "generate_ref": 3, "score": 2, "logps": 2, "eval_generate": 2, "selfbleu_generate": 2}
+    for rule, n in shards.items():
+        counts[f"{rule}_merge"] = counts[rule]
+        counts[rule] *= n
+    assert job_counts(out) == counts
+    generate = shell_commands(out, "generate")
+    assert any("--out results/base/iter1/shards/responses.2-of-3.jsonl" in c and c.endswith(
+        "--shard 2/3 > logs/base/iter1/shards/generate.2-of-3.log 2>&1") for c in generate), generate
+    merge = " ".join(shell_commands(out, "logps_merge"))
+    assert ("merge --kind pairs_logps --source results/base/iter1/pairs.jsonl --out results/base/iter1/pairs_logps.jsonl"
+            " results/base/iter1/shards/pairs_logps.1-of-2.jsonl results/base/iter1/shards/pairs_logps.2-of-2.jsonl"
+            ) in merge
+    # the merges only move files: local rules (a dry run does not show it, the rule files do)
+    text = "".join(f.read_text() for f in (ROOT / "workflow" / "rules").glob("*.smk"))
+    blocks = dict(re.findall(r"^ *rule (\w+_merge):\n(.*?)(?=^ *rule |^if |\Z)", text, re.M | re.S))
+    assert set(blocks) == {f"{rule}_merge" for rule in shards}
+    assert all("localrule: True" in block for block in blocks.values())
 
 
 @pytest.mark.parametrize(
@@ -381,7 +412,11 @@ def test_slurm_profile_resolves_gpu_resources(dry):
     assert rc == 0, out
     counts = job_counts(out)
     # the paper: T = 3, self-BLEU on, a hub policy (no prepare_models)
-    assert counts["generate"] == 3 and counts["train"] == 3 and counts["selfbleu_generate"] == 4
+    assert counts["train"] == 3 and counts["selfbleu_generate"] == 4
+    # its shards (config/README.md): generation in 4 jobs per iteration, scoring and log-probs in 2, each merged once
+    assert counts["generate"] == 3 * 4 and counts["score"] == counts["logps"] == 3 * 2
+    assert counts["generate_merge"] == counts["score_merge"] == counts["logps_merge"] == 3
+    assert "eval_generate_merge" not in counts
     assert "prepare_models" not in counts
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, re.M | re.S)
     resources = {rule: re.search(r"resources: (.*)", block).group(1) for rule, block in blocks}

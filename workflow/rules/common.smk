@@ -82,6 +82,7 @@ wildcard_constraints:
     reg="|".join(sorted(set(REGS) | set(config["regularizers"]) | {"base"})),
     t=r"\d+",
     split=r"iter\d+|eval|selfbleu",
+    shard=r"\d+-of-\d+",
 
 
 # --------------------------------------------------------------------------- models
@@ -242,6 +243,35 @@ def summary_inputs():
 def out_dir(wildcards, output):
     """The folder of the first output (keeps `results` out of hard-coded params)."""
     return str(Path(output[0]).parent)
+
+
+# --------------------------------------------------------------------------- shards
+# config `shards`: N > 1 splits a step into N jobs writing <folder>/shards/<name>.{i}-of-{N}<ext>,
+# joined by the stage's local <rule>_merge rule (`rspo merge`); N = 1 keeps the single job.
+
+
+def sharded(path, step):
+    """`path` (one job), or the pattern of its parts (wildcard {shard} = i-of-N) when sharded."""
+    if config["shards"][step] == 1:
+        return path
+    p = Path(path)
+    return str(p.parent / "shards" / f"{p.stem}.{{shard}}{p.suffix}")
+
+
+def shard_parts(path, step):
+    """The N parts of `path` (the inputs of its merge rule)."""
+    n = config["shards"][step]
+    p = Path(path)
+    return [
+        str(p.parent / "shards" / f"{p.stem}.{i}-of-{n}{p.suffix}")
+        for i in range(1, n + 1)
+    ]
+
+
+def shard_arg(wildcards):
+    """`--shard i/N` for a part, nothing for the single job."""
+    shard = getattr(wildcards, "shard", None)
+    return f"--shard {shard.replace('-of-', '/')}" if shard else ""
 
 
 # --------------------------------------------------------------------------- params

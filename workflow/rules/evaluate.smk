@@ -1,6 +1,7 @@
 # Every iterate pi_0..pi_T on the evaluation prompts: generation with evaluation.generation,
 # alpaca_eval model outputs, pairwise annotation against the reference (pi_0's outputs or a
 # file), metrics, and optionally Self-BLEU. pi_0's evaluation is shared under results/base/eval/pi0.
+# With shards.eval_generate = N > 1 both generations are N jobs (`--shard i/N`) joined by local merges.
 
 
 rule eval_generate:
@@ -8,11 +9,11 @@ rule eval_generate:
         model=evaluated_input,
         prompts="results/prompts/eval.jsonl",
     output:
-        "results/{reg}/eval/pi{t}/responses.jsonl",
+        sharded("results/{reg}/eval/pi{t}/responses.jsonl", "eval_generate"),
     log:
-        "logs/{reg}/eval/pi{t}/generate.log",
+        sharded("logs/{reg}/eval/pi{t}/generate.log", "eval_generate"),
     benchmark:
-        "logs/benchmarks/{reg}/eval/pi{t}/generate.tsv"
+        sharded("logs/benchmarks/{reg}/eval/pi{t}/generate.tsv", "eval_generate")
     conda:
         conda_env("eval_generate")
     threads: rule_threads("eval_generate")
@@ -22,10 +23,58 @@ rule eval_generate:
         python=rule_python("eval_generate"),
         model=evaluated,
         generation=EVAL_GENERATE_PARAMS,
+        shard=shard_arg,
     shell:
         "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
-        " --out {output:q} --params {params.generation:q} > {log:q} 2>&1"
+        " --out {output:q} --params {params.generation:q} {params.shard} > {log:q} 2>&1"
+
+
+if config["shards"]["eval_generate"] > 1:
+
+    rule eval_generate_merge:
+        input:
+            parts=shard_parts(
+                "results/{reg}/eval/pi{t}/responses.jsonl", "eval_generate"
+            ),
+            source="results/prompts/eval.jsonl",
+        output:
+            "results/{reg}/eval/pi{t}/responses.jsonl",
+        log:
+            "logs/{reg}/eval/pi{t}/generate_merge.log",
+        benchmark:
+            "logs/benchmarks/{reg}/eval/pi{t}/generate_merge.tsv"
+        localrule: True
+        conda:
+            conda_env("eval_generate_merge")
+        threads: rule_threads("eval_generate_merge")
+        resources:
+            **rule_resources("eval_generate_merge"),
+        shell:
+            "python -m rspo --threads {threads} merge --kind responses"
+            " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
+
+    rule selfbleu_generate_merge:
+        input:
+            parts=shard_parts(
+                "results/{reg}/eval/pi{t}/selfbleu_responses.jsonl", "eval_generate"
+            ),
+            source="results/prompts/selfbleu.jsonl",
+        output:
+            "results/{reg}/eval/pi{t}/selfbleu_responses.jsonl",
+        log:
+            "logs/{reg}/eval/pi{t}/selfbleu_generate_merge.log",
+        benchmark:
+            "logs/benchmarks/{reg}/eval/pi{t}/selfbleu_generate_merge.tsv"
+        localrule: True
+        conda:
+            conda_env("selfbleu_generate_merge")
+        threads: rule_threads("selfbleu_generate_merge")
+        resources:
+            **rule_resources("selfbleu_generate_merge"),
+        shell:
+            "python -m rspo --threads {threads} merge --kind responses"
+            " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
 
 
 rule eval_outputs:
@@ -105,11 +154,13 @@ rule selfbleu_generate:
         model=evaluated_input,
         prompts="results/prompts/selfbleu.jsonl",
     output:
-        "results/{reg}/eval/pi{t}/selfbleu_responses.jsonl",
+        sharded("results/{reg}/eval/pi{t}/selfbleu_responses.jsonl", "eval_generate"),
     log:
-        "logs/{reg}/eval/pi{t}/selfbleu_generate.log",
+        sharded("logs/{reg}/eval/pi{t}/selfbleu_generate.log", "eval_generate"),
     benchmark:
-        "logs/benchmarks/{reg}/eval/pi{t}/selfbleu_generate.tsv"
+        sharded(
+            "logs/benchmarks/{reg}/eval/pi{t}/selfbleu_generate.tsv", "eval_generate"
+        )
     conda:
         conda_env("selfbleu_generate")
     threads: rule_threads("selfbleu_generate")
@@ -119,10 +170,11 @@ rule selfbleu_generate:
         python=rule_python("selfbleu_generate"),
         model=evaluated,
         generation=SELFBLEU_GENERATE_PARAMS,
+        shard=shard_arg,
     shell:
         "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
-        " --out {output:q} --params {params.generation:q} > {log:q} 2>&1"
+        " --out {output:q} --params {params.generation:q} {params.shard} > {log:q} 2>&1"
 
 
 rule self_bleu:
