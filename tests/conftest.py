@@ -162,3 +162,17 @@ def fake_hub_cache(tmp_path, monkeypatch, tiny_model_dir, tiny_model_dir_b):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return "rspo-test/tiny", commits[0], commits[1]
+
+
+# float32 machine epsilon, torch.finfo(torch.float32).eps: one float32 step at magnitude 1 is at most this
+F32_EPS = 2.0**-23
+
+
+def f32_sum_tol(sums, counts, safety: float = 8.0):
+    """Tolerance for two float32 computations of log-prob SUMS (other kernels, batch shapes, thread
+    counts, summation orders, or a float64 reference): ``safety * eps * |S| * sqrt(n)`` per sum.
+
+    A sum S of n same-sign token log-probs, each a few roundings from its logits (relative error ~eps)
+    and summed in some order: the errors add like a random walk, ~eps |S| sqrt(n); ``safety`` covers
+    the few roundings per term. Works elementwise on tensors, arrays or floats."""
+    return safety * F32_EPS * abs(sums) * counts**0.5
