@@ -74,6 +74,19 @@ def _norm(tensors) -> float:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])).item()
 
 
+def _loss_slopes(rows, eta, lambdas):
+    """Bounds of |change of a loss term| per unit shift of every log-prob sum of ``rows`` (cached or the
+    policy's) at pi_theta = pi_t (|a| < 1, d = log pi_t - log mu): two columns, each a batch mean, so SPPO
+    2 (max|eta (p - 1/2)| + 1), reverse_kl 4 max|d|, is_forward_kl 2 max e^-d, chi2 2 max e^d; the loss
+    adds lambda times each."""
+    cols = [(r[f"p_{c}"], r[f"last_logp_{c}"] - r[f"ref_logp_{c}"]) for r in rows for c in ("chosen", "rejected")]
+    s = {"sppo": 2 * (max(abs(eta * (p - 0.5)) for p, _ in cols) + 1),
+         "reverse_kl": 4 * max(abs(d) for _, d in cols),
+         "is_forward_kl": 2 * max(math.exp(-d) for _, d in cols), "chi2": 2 * max(math.exp(d) for _, d in cols)}
+    s["loss"] = s["sppo"] + sum(lam * s[k] for k, lam in lambdas.items())
+    return s
+
+
 def _cached_sum_tolerance(rows):
     """The largest float32 tolerance (f32_sum_tol) of the cached sums of pi_t and mu in ``rows``."""
     return max(f32_sum_tol(r[f"{m}_logp_{c}"], r[f"{c}_tokens"]) for r in rows for m in ("last", "ref")
@@ -113,12 +126,12 @@ def test_cached_logps_give_the_same_loss_and_gradient_as_live_models(pairs_logps
     cached_last = torch.tensor([r["last_logp_chosen"] for r in rows] + [r["last_logp_rejected"] for r in rows])
     cached_ref = torch.tensor([r["ref_logp_chosen"] for r in rows] + [r["ref_logp_rejected"] for r in rows])
     assert (cached_last - last).abs().max() <= tol_s and (cached_ref - ref).abs().max() <= tol_s
-    # a and d move by tol_s at most; the loss terms by (1 + eta) tol_s (slopes as in the accumulation test)
+    # a and d move by tol_s at most; the loss terms by their slopes times that
     for name in ("a_chosen", "a_rejected", "d_chosen", "d_rejected"):
         assert getattr(cached, name).item() == pytest.approx(getattr(live, name).item(), rel=0, abs=tol_s), name
-    for name in ("loss", "sppo", "reverse_kl", "is_forward_kl", "chi2"):
+    for name, slope in _loss_slopes(rows, cfg.eta, LAMBDAS).items():
         assert getattr(cached, name).item() == pytest.approx(getattr(live, name).item(), rel=0,
-                                                             abs=(1 + cfg.eta) * tol_s), name
+                                                             abs=slope * tol_s), name
     # The gradient is sum_i w_i grad S_i with the same grad S_i (the policy's sums) on both sides and
     # w_i = dL/dS_i. A shift of the cached sums by <= tol_s moves w_i by at most the loss's curvature
     # times tol_s: (1/B) [1 (SPPO in a) + (2 l_rkl + l_isfkl e^-d + l_chi2 e^d) (in d)]. Per element:
@@ -154,8 +167,9 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, pairs_logps, tok,
     log = read_table(tmp_path / "log.jsonl", "train_log")
     assert result["steps"] == 6 and [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
     # step 1 logs the loss before its update, on the same pairs in another row order: the policy's
-    # float32 sums (= pi_t's at step 1) move by _cached_sum_tolerance, the loss by (1 + eta) times that
-    assert log[0]["loss"] == pytest.approx(before, rel=0, abs=(1 + cfg.eta) * _cached_sum_tolerance(rows))
+    # float32 sums (= pi_t's at step 1) move by _cached_sum_tolerance, the loss by its slope times that
+    tol = _loss_slopes(rows, cfg.eta, LAMBDAS)["loss"] * _cached_sum_tolerance(rows)
+    assert log[0]["loss"] == pytest.approx(before, rel=0, abs=tol)
     assert after < 0.85 * before
     assert all(b < a for a, b in zip([r["loss"] for r in log], [r["loss"] for r in log][1:] + [after]))
 
