@@ -162,3 +162,38 @@ def fake_hub_cache(tmp_path, monkeypatch, tiny_model_dir, tiny_model_dir_b):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return "rspo-test/tiny", commits[0], commits[1]
+
+
+# float32 machine epsilon, torch.finfo(torch.float32).eps: one float32 step at magnitude 1 is at most this
+F32_EPS = 2.0**-23
+
+
+def f32_tol(scale, n=1, safety: float = 8.0):
+    """Tolerance for two float32 computations of one value (other kernels, batch shapes, thread counts,
+    summation orders, or a float64 reference): ``safety * eps * scale * sqrt(n)``, where ``scale`` bounds
+    the magnitude of the terms the value is built from and ``n`` counts the roundings that add up along
+    the way (their errors add like a random walk); ``safety`` covers the few roundings per term.
+    Works elementwise on tensors, arrays or floats."""
+    return safety * F32_EPS * scale * n**0.5
+
+
+def f32_sum_tol(sums, counts, safety: float = 8.0):
+    """:func:`f32_tol` of float32 log-prob SUMS of ``counts`` same-sign token terms: the terms' magnitudes
+    add up to ``|S|``, so ``safety * eps * |S| * sqrt(n)`` per sum."""
+    return f32_tol(abs(sums), counts, safety)
+
+
+def reward_tol(model_dir: Path) -> float:
+    """:func:`f32_tol` of the reward of a Llama reward model (``build_tiny_llama(num_labels=1)``): the reward
+    is ``score.weight . h`` with h the final RMSNorm's output, so its terms are bounded by
+    ``|score.weight|_2 |h|_2 <= |score.weight|_2 max|norm.weight| sqrt(H)``; the roundings add up over a
+    reduction of length H in each layer and the head, n = (layers + 1) H."""
+    import json
+
+    from safetensors.torch import load_file
+
+    state = load_file(str(model_dir / "model.safetensors"))
+    hidden, layers = (json.loads((model_dir / "config.json").read_text())[k]
+                      for k in ("hidden_size", "num_hidden_layers"))
+    scale = state["score.weight"].norm().item() * state["model.norm.weight"].abs().max().item() * hidden**0.5
+    return f32_tol(scale, (layers + 1) * hidden)

@@ -34,7 +34,7 @@ def test_nested_sections_are_typed():
     assert cfg.prompts[1].path == "p.jsonl" and cfg.prompts[1].embedded is None
     assert cfg.generation.sampling.n == 3
     assert isinstance(cfg.generation.sampling.temperature, float)
-    assert cfg.train.learning_rate == pytest.approx(1e-5)
+    assert cfg.train.learning_rate == 1e-5  # parsed, not computed: exactly the float 1e-5
     assert cfg.train.regularizer == {"chi2": 0.2}
     # untouched sections keep their defaults (the paper's values)
     assert cfg.train.eta == 1000.0 and cfg.train.max_length == 1024 and cfg.train.max_prompt_length == 512

@@ -14,6 +14,10 @@ from rspo.errors import RSPOError
 from rspo.evaluation.annotate import annotate_pairs, is_switched, judge_p_second
 from rspo.preference.cache import JudgeCache
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 
 class LongerWins:
     """A fake rspo judge: M[i, j] = (len_i - len_j) / 2, so the longer candidate wins; counts its calls."""

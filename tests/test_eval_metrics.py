@@ -14,6 +14,10 @@ pytest.importorskip("alpaca_eval")
 
 from rspo.evaluation import metrics as M  # noqa: E402
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 # the leaderboard CSV shipped in alpaca-eval 0.6.6 (also in ../shared/data/alpaca_eval/README.md):
 # win_rate, standard_error, n_total, avg_length, length_controlled_winrate
 LEADERBOARD = {
@@ -69,6 +73,7 @@ def test_fixed_slope_equal_lengths_is_the_mean_preference():
     # equal lengths: tanh(0) = 0, so sigmoid(theta) = mean(y) = (1 + 0 + 0 + .5) / 4 = 0.375
     pref = np.array([2.0, 1.0, 1.0, 1.5])
     lc, se = M.fixed_slope_lc(pref, np.full(4, 10), np.full(4, 10))
+    # brentq's xtol 1e-12 on theta moves 100 sigmoid(theta) by <= 25 * 1e-12; 1e-8 is far above that
     assert lc == pytest.approx(37.5, abs=1e-8)
     # sandwich SE of theta, mapped through sigmoid: sqrt(sum (y - ybar)^2) / n
     y = pref - 1
@@ -82,7 +87,7 @@ def test_fixed_slope_preferences_explained_by_length_give_50():
     delta = len_ref - len_model
     y = 1 / (1 + np.exp(-M.FIXED_LENGTH_SLOPE * np.tanh(delta / delta.std(ddof=1))))
     lc, _ = M.fixed_slope_lc(1 + y, len_ref, len_model)
-    assert lc == pytest.approx(50.0, abs=1e-6)
+    assert lc == pytest.approx(50.0, abs=1e-6)  # brentq (xtol 1e-12) on float64 sums: far below 1e-6
 
 
 def test_fixed_slope_shorter_model_gains():
@@ -141,6 +146,7 @@ def test_official_lc_goes_through_alpaca_eval_with_the_local_file(tmp_path):
         )
     finally:
         glm_winrate.hf_hub_download = original
+    # the same GLM fit of alpaca_eval on the same float64 data: only the order of operations may differ
     assert m["length_controlled_winrate"] == pytest.approx(ref["length_controlled_winrate"], abs=1e-9)
     assert m["lc_standard_error"] == pytest.approx(ref["lc_standard_error"], abs=1e-9)
 

@@ -11,6 +11,10 @@ from rspo.artifacts import ArtifactError, write_json, write_table
 from rspo.cli import main
 from rspo.evaluation.summary import collect, load_paper_results
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 
 def _metrics(lc, wr, length, judge="embedded"):
     return {

@@ -16,6 +16,10 @@ from rspo.losses import (
     rspo_loss,
 )
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 # B = 2 pairs; column 0 = chosen y_w, column 1 = rejected y_l; SUMMED log-probs
 POLICY = [[-10.0, -12.0], [-8.0, -9.5]]  # log pi_theta
 LAST = [[-10.2, -11.9], [-8.1, -9.0]]  # log pi_t

@@ -10,6 +10,10 @@ import pytest
 from rspo.artifacts import read_table, write_table
 from rspo.cli import main
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 
 def sig(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))

@@ -9,6 +9,10 @@ import pytest
 from rspo.artifacts import ArtifactError
 from rspo.preference.agreement import AnnotatedPair, agreement, load_annotated_pairs
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 
 def _pair(ref_len, out_len, output_won):
     return AnnotatedPair("q", "r" * ref_len, "o" * out_len, 1.9 if output_won else 1.1, "m", 0)

@@ -26,6 +26,10 @@ from rspo.preference.embedded import (
     words,
 )
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 PAIRS = Path(__file__).resolve().parents[1] / "rspo" / "data" / "judge_pairs.jsonl"
 TYPES = ("off_topic", "repeated", "truncated", "empty", "keyword_stuffed")
 # stated bounds (docs/judges.md): measured accuracy is 1.00 on every type
@@ -210,7 +214,9 @@ def test_accuracy_on_a_slice_and_the_matrix_interface():
     assert (m[0, 1:] > 0).all()
     np.testing.assert_allclose(m, -m.T, atol=1e-12)
     r = judge.score([prompts[0]] * len(cands), cands)
-    np.testing.assert_allclose(m, 5.0 * (r[:, None] - r[None, :]), atol=1e-6)
+    # compare and score embed the same texts in the same batches (bit-identical float32 embeddings), so
+    # only float64 arithmetic differs: a few steps of 2.2e-16 at |m| <= 5
+    np.testing.assert_allclose(m, 5.0 * (r[:, None] - r[None, :]), rtol=0, atol=1e-12)
 
 
 class _MemoEncoder:

@@ -18,6 +18,10 @@ from rspo.errors import RSPOError
 from rspo.preference import get_judge
 from rspo.preference.llm import verdict_log_odds
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 KEY = "sk-test-secret-1234"
 QUALITY = {"great answer": 2.0, "okay answer": 1.0, "bad answer": -0.5}
 BIAS = 0.7  # the stub judge favours whichever response is shown first

@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import f32_tol  # noqa: E402
+
 from rspo.config import JudgeConfig  # noqa: E402
 from rspo.errors import HubUnavailableError, RSPOError  # noqa: E402
 from rspo.preference import debiased_logit, get_judge  # noqa: E402
@@ -92,6 +94,16 @@ def pairrm_dirs(tmp_path_factory):
     return {"backbone": backbone, "blender": blender, "blender_bin": blender_bin, "hf": hf, "state": state}
 
 
+def _logit_tol(state, seq_len=128, layers=2):
+    """f32_tol of a float32 PairRM logit, the difference of two head outputs W2 tanh(.) + b2: the errors
+    of its terms add like a random walk, so their scale is their root sum of squares, <= |W2|_2 + |b2|
+    (|tanh| <= 1); roundings add over reductions of length 2H in each encoder layer and both head
+    layers, and over the seq_len keys of each attention (rows here: < 128 tokens)."""
+    w2, b2 = state["head_layer.4.weight"], state["head_layer.4.bias"]
+    scale = (w2.norm(dim=1) + b2.abs()).max().item()
+    return 2 * f32_tol(scale, (layers + 2) * 2 * w2.shape[1] + layers * seq_len)
+
+
 def _judge(path, batch_size=8, cache_dir=None):
     return get_judge(JudgeConfig(name="pairrm", model=str(path), batch_size=batch_size, cache_dir=cache_dir))
 
@@ -132,16 +144,19 @@ def test_llm_blender_layout_loads_strictly_and_matches_reference(pairrm_dirs):
 
     m = _judge(pairrm_dirs["blender"]).compare("hello!", ["hi!", "f**k off!"])
     assert m.shape == (2, 2) and m[0, 0] == 0 and m[1, 1] == 0
-    assert m[0, 1] == pytest.approx(_reference_logit(pairrm_dirs, "hello!", "hi!", "f**k off!"), abs=1e-5)
-    assert m[1, 0] == pytest.approx(_reference_logit(pairrm_dirs, "hello!", "f**k off!", "hi!"), abs=1e-5)
-    assert abs(m[0, 1]) > 1e-3
+    tol = _logit_tol(pairrm_dirs["state"])  # float32, batched vs one unpadded row (1.4e-4 here)
+    assert m[0, 1] == pytest.approx(_reference_logit(pairrm_dirs, "hello!", "hi!", "f**k off!"), rel=0, abs=tol)
+    assert m[1, 0] == pytest.approx(_reference_logit(pairrm_dirs, "hello!", "f**k off!", "hi!"), rel=0, abs=tol)
+    assert abs(m[0, 1]) > 100 * tol  # a real logit, far above float32 noise
 
 
 def test_all_layouts_give_the_same_logits(pairrm_dirs):
     prompt, cands = "I love you!", ["I hate you!", "I love you, too!", "why is the sky blue"]
     ref = _judge(pairrm_dirs["blender"]).compare(prompt, cands)
     for layout in ("blender_bin", "hf"):
-        np.testing.assert_allclose(_judge(pairrm_dirs[layout]).compare(prompt, cands), ref, atol=1e-6)
+        # the same weights and rows: only float32 kernel choices could differ
+        np.testing.assert_allclose(_judge(pairrm_dirs[layout]).compare(prompt, cands), ref, rtol=0,
+                                   atol=_logit_tol(pairrm_dirs["state"]))
 
 
 def test_swapping_candidates_flips_the_debiased_logit(pairrm_dirs):
@@ -149,16 +164,17 @@ def test_swapping_candidates_flips_the_debiased_logit(pairrm_dirs):
     a, b, c = "the sun is light", "hi, how are you", "blue because of light"
     m = judge.compare("why is the sky blue?", [a, b, c])
     m_swapped = judge.compare("why is the sky blue?", [b, a, c])
-    # the same ordered comparisons land in the permuted cells
-    assert m_swapped[0, 1] == pytest.approx(m[1, 0], abs=1e-5)
-    assert m_swapped[1, 0] == pytest.approx(m[0, 1], abs=1e-5)
-    assert m_swapped[0, 2] == pytest.approx(m[1, 2], abs=1e-5)
+    # the same ordered comparisons land in the permuted cells (other batch rows: float32 _logit_tol)
+    tol = _logit_tol(pairrm_dirs["state"])
+    assert m_swapped[0, 1] == pytest.approx(m[1, 0], rel=0, abs=tol)
+    assert m_swapped[1, 0] == pytest.approx(m[0, 1], rel=0, abs=tol)
+    assert m_swapped[0, 2] == pytest.approx(m[1, 2], rel=0, abs=tol)
     debiased, debiased_swapped = debiased_logit(m, 0, 1), debiased_logit(m_swapped, 0, 1)
-    assert debiased == pytest.approx((m[0, 1] - m[1, 0]) / 2)
-    assert abs(debiased) > 1e-3
-    assert debiased_swapped == pytest.approx(-debiased, abs=1e-5)
-    # PairRM is position-biased: the raw logit is not antisymmetric
-    assert m[0, 1] != pytest.approx(-m[1, 0], abs=1e-4)
+    assert debiased == pytest.approx((m[0, 1] - m[1, 0]) / 2, rel=1e-12)  # float64 arithmetic on the cells
+    assert abs(debiased) > 100 * tol
+    assert debiased_swapped == pytest.approx(-debiased, rel=0, abs=tol)  # the mean of two cells within tol
+    # PairRM is position-biased: the raw logit is not antisymmetric (by far more than tol)
+    assert m[0, 1] != pytest.approx(-m[1, 0], rel=0, abs=100 * tol)
 
 
 def test_batched_scoring_equals_one_pair_at_a_time(pairrm_dirs):
@@ -170,8 +186,9 @@ def test_batched_scoring_equals_one_pair_at_a_time(pairrm_dirs):
     per_prompt = [_judge(pairrm_dirs["hf"], batch_size=3).compare(p, c) for p, c in zip(prompts, cands)]
     for b, s, p in zip(batched, single, per_prompt):
         assert b.shape == s.shape
-        np.testing.assert_allclose(b, s, atol=1e-5)
-        np.testing.assert_allclose(b, p, atol=1e-5)
+        # other batch shapes and padding of the same float32 rows: _logit_tol
+        np.testing.assert_allclose(b, s, rtol=0, atol=_logit_tol(pairrm_dirs["state"]))
+        np.testing.assert_allclose(b, p, rtol=0, atol=_logit_tol(pairrm_dirs["state"]))
 
 
 def test_truncation_budget(pairrm_dirs):
@@ -189,7 +206,8 @@ def test_truncation_budget(pairrm_dirs):
     rows = scorer.rows([(long_source, "hi " * 1000, "love " * 1000)])
     assert len(rows[0][0]) == 2048
     logit = scorer.score_rows(rows)[0]
-    assert logit == pytest.approx(_reference_logit(pairrm_dirs, long_source, "hi " * 1000, "love " * 1000), abs=1e-4)
+    assert logit == pytest.approx(_reference_logit(pairrm_dirs, long_source, "hi " * 1000, "love " * 1000), rel=0,
+                                  abs=_logit_tol(pairrm_dirs["state"], seq_len=2048))  # float32, 2048 keys
 
 
 def test_cached_rescoring_does_not_load_the_model(pairrm_dirs, tmp_path):
@@ -453,10 +471,11 @@ def test_matrix_and_scores_equal_llm_blenders_full_predict(pairrm_dirs, case):
     expected = _blender_full_predict(_blender_tokenizer(pairrm_dirs), _blender_ranker(pairrm_dirs), source, cands)
     m = _judge(pairrm_dirs["blender"], batch_size=4).compare(source, cands)
     # float32 encoders on the same ids; ours runs rows right-padded to the longest row of a batch of 4, the
-    # reference one row without padding: logits of size ~1-10 agree to a few hundred float32 ulps (eps 1.2e-7)
-    np.testing.assert_allclose(m, expected, rtol=1e-5, atol=1e-5)
-    assert np.abs(expected + expected.T).max() > 1e-3  # not antisymmetric: the candidates' order is pinned
-    np.testing.assert_allclose(select_pair(m).scores, _blender_scores(expected), rtol=1e-5, atol=1e-5)
+    # reference one row without padding: _logit_tol; the scores are means of differences of two cells
+    tol = _logit_tol(pairrm_dirs["state"])
+    np.testing.assert_allclose(m, expected, rtol=0, atol=tol)
+    assert np.abs(expected + expected.T).max() > 100 * tol  # not antisymmetric: the candidates' order is pinned
+    np.testing.assert_allclose(select_pair(m).scores, _blender_scores(expected), rtol=0, atol=2 * tol)
 
 
 def test_compare_default_mode_is_the_difference_of_both_orders(pairrm_dirs):
@@ -467,8 +486,9 @@ def test_compare_default_mode_is_the_difference_of_both_orders(pairrm_dirs):
     expected = _blender_full_predict(_blender_tokenizer(pairrm_dirs), _blender_ranker(pairrm_dirs), source, [a, b])
     scores = _blender_scores(expected)
     m = _judge(pairrm_dirs["hf"]).compare(source, [a, b])
-    assert 2 * debiased_logit(m, 0, 1) == pytest.approx(scores[0] - scores[1], rel=1e-5, abs=1e-5)
-    assert m[0, 1] == pytest.approx(expected[0, 1], rel=1e-5, abs=1e-5)  # mode="[A,B]"
+    tol = _logit_tol(pairrm_dirs["state"])  # float32, other batches; each side a difference of two cells
+    assert 2 * debiased_logit(m, 0, 1) == pytest.approx(scores[0] - scores[1], rel=0, abs=2 * tol)
+    assert m[0, 1] == pytest.approx(expected[0, 1], rel=0, abs=tol)  # mode="[A,B]"
 
 
 def test_final_logit_is_the_mean_over_tasks(pairrm_dirs, tmp_path):
@@ -488,12 +508,13 @@ def test_final_logit_is_the_mean_over_tasks(pairrm_dirs, tmp_path):
     tok = _blender_tokenizer(pairrm_dirs)
     source, cands = "hello!", ["hi!", "f**k off!"]
     expected = _blender_full_predict(tok, _blender_ranker(pairrm_dirs, state), source, cands)
-    np.testing.assert_allclose(_judge(tmp_path).compare(source, cands), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_judge(tmp_path).compare(source, cands), expected, rtol=0, atol=_logit_tol(state))
     # ... which is neither task alone
     for task in (0, 1):
         one = {**state, "head_layer.4.weight": state["head_layer.4.weight"][task : task + 1],
                "head_layer.4.bias": state["head_layer.4.bias"][task : task + 1]}
-        assert np.abs(_blender_full_predict(tok, _blender_ranker(pairrm_dirs, one), source, cands) - expected).max() > 1e-3
+        one_task = _blender_full_predict(tok, _blender_ranker(pairrm_dirs, one), source, cands)
+        assert np.abs(one_task - expected).max() > 100 * _logit_tol(state)  # far beyond float32 noise
 
 
 def test_candidate_budget_is_per_prompt_as_rank_with_batch_size_1(pairrm_dirs):

@@ -25,6 +25,10 @@ import pytest
 
 from rspo.artifacts import read_json, read_table, write_json, write_table
 
+# Tolerances: float64 arithmetic against formulas written out here; they differ only in the order of
+# operations, a few float64 steps (2.2e-16 relative) at magnitudes <= ~100, so pytest.approx's default
+# (rel 1e-6) and abs=1e-12 leave orders of magnitude of room and still catch any wrong formula.
+
 OPENAI_KEY = f"sk-rspo-test-CANARY-{uuid.uuid4().hex}"
 JUDGE_KEY = f"rspo-judge-CANARY-{uuid.uuid4().hex}"
 MAX_REQUESTS = 64
