@@ -205,3 +205,36 @@ def test_unsupported_models_fall_back_to_the_unchunked_path_with_a_reason(caplog
     assert layer is None and "ZeRO-3" in reason
     layer, reason = output_layer(model)
     assert layer is not None and layer.module is model.lm_head and layer.softcap is None and reason == ""
+
+
+def test_the_logps_step_and_the_trainer_use_train_logps_chunk_size(tmp_path, tiny_model_dir, monkeypatch):
+    import rspo.logps
+    from rspo.artifacts import read_table, write_table
+    from rspo.commands.logps import cache_logps
+    from rspo.config import TrainConfig
+    from rspo.train import train
+
+    seen = []
+    real = rspo.logps.sequence_logps
+    monkeypatch.setattr(rspo.logps, "sequence_logps", lambda m, b, *, chunk_size=0: seen.append(chunk_size)
+                        or real(m, b, chunk_size=chunk_size))
+    pair = {"prompt_id": "p0", "prompt": "List five fruits.", "chosen": "apple, banana, cherry, mango and pear",
+            "rejected": "apple", "chosen_index": 0, "rejected_index": 1, "p_chosen": 0.6, "p_rejected": 0.4,
+            "scores": [1.0, -1.0]}
+    cfg = TrainConfig(logps_chunk_size=3, per_device_batch_size=1, checkpoint_every=0, learning_rate=1e-5)
+    rows = cache_logps([pair], str(tiny_model_dir), str(tiny_model_dir), cfg)
+    assert seen == [3]  # pi_0 = mu: one scoring pass
+    write_table(tmp_path / "pairs_logps.jsonl", rows, "pairs_logps")
+    train(cfg, pairs=tmp_path / "pairs_logps.jsonl", model=str(tiny_model_dir), out_dir=tmp_path / "model",
+          log_path=tmp_path / "log.jsonl")
+    assert seen == [3, 3]  # one optimizer step
+    assert len(read_table(tmp_path / "log.jsonl", "train_log")) == 1
+
+
+def test_a_negative_chunk_size_is_a_config_error():
+    from rspo.config import ConfigError, TrainConfig
+    from rspo.train import check_config
+
+    check_config(TrainConfig(logps_chunk_size=0))
+    with pytest.raises(ConfigError, match="logps_chunk_size"):
+        check_config(TrainConfig(logps_chunk_size=-1))
