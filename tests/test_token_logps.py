@@ -179,6 +179,28 @@ def test_hidden_state_gradients_reach_the_base_model_in_float32():
     assert grads["model.layers.0.self_attn.q_proj.weight"].abs().max() > 0
 
 
+def test_bf16_autocast_chunks_match_the_unchunked_bf16_computation():
+    """Under bf16 autocast both paths round each logit to bf16 once: the sums may differ by that rounding
+    (2 bf16 ulps of the largest logit per token), the gradients by bf16 products summed in another order."""
+    model = _tiny("llama")
+    batch = _batch(97, seed=2)
+    out = {}
+    for chunk in (0, 5):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            sums, counts = sequence_logps(model, batch, chunk_size=chunk)
+        sums.sum().backward()
+        out[chunk] = sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        zmax = model(input_ids=batch["input_ids"]).logits.abs().max().item()
+    eps = torch.finfo(torch.bfloat16).eps
+    assert out[5][0].dtype == torch.float32
+    assert ((out[5][0] - out[0][0]).abs() <= counts * 2 * eps * zmax).all()
+    for name, g in out[5][1].items():
+        ref = out[0][1][name]
+        assert (g - ref).abs().max() <= 2 * eps * ref.abs().max(), name
+
+
 def test_unsupported_models_fall_back_to_the_unchunked_path_with_a_reason(caplog):
     model = _tiny("llama").double()
     batch = _batch(97)
