@@ -2,8 +2,10 @@
 
 Equality is checked in float64, where both computations are exact to ~1e-15 relative, so the
 tolerance (64 float64 ulps of the largest magnitude involved) separates rounding from any error of
-the chunked algebra (a wrong term is >= 1e-3 here). The float32 check allows the chunked result the
-float32 error the unchunked computation itself has against float64, plus an ulp.
+the chunked algebra (a wrong term is >= 1e-3 here). A flat 1e-5 (the issue's figure) is not used for
+float32: it is about one float32 ulp of a log-prob sum of -100 and would fail on a machine whose matmul
+kernels block differently. The float32 checks allow the chunked result the float32 error the unchunked
+computation itself has against float64, plus an ulp (per token), and 8 ulps of each sum (per sequence).
 """
 
 from __future__ import annotations
@@ -170,12 +172,13 @@ def test_hidden_state_gradients_reach_the_base_model_in_float32():
     full, _, full_grads = _sums_and_grads(model, batch, 0)
     sums, _, grads = _sums_and_grads(model, batch, 5)
     eps = torch.finfo(torch.float32).eps
-    # each sum adds <= 26 token log-probs of magnitude ~log(97): a few ulps of each
-    assert torch.allclose(sums, full, rtol=0, atol=64 * eps * full.abs().max().item())
-    for name, g in grads.items():
-        assert torch.allclose(
-            g, full_grads[name], rtol=0, atol=64 * eps * full_grads[name].abs().max().item()
-        ), name
+    # A sum of n negative token log-probs carries a few float32 roundings of |sum| (the logits' matmul
+    # blocks and the summation order differ): 8 ulps of each row's sum. 1e-5 would be ~1 ulp of the
+    # largest sum here (-119): measured 0.07 ulp on the development machine, but not a bound.
+    assert ((sums - full).abs() <= 8 * eps * full.abs()).all()
+    for name, g in grads.items():  # measured <= 3.5 ulps of the largest entry
+        tol = 16 * eps * full_grads[name].abs().max().item()
+        assert torch.allclose(g, full_grads[name], rtol=0, atol=tol), name
     assert grads["model.layers.0.self_attn.q_proj.weight"].abs().max() > 0
 
 
@@ -238,17 +241,33 @@ def test_the_logps_step_and_the_trainer_use_train_logps_chunk_size(tmp_path, tin
 
     seen = []
     real = rspo.logps.sequence_logps
-    monkeypatch.setattr(rspo.logps, "sequence_logps", lambda m, b, *, chunk_size=0: seen.append(chunk_size)
-                        or real(m, b, chunk_size=chunk_size))
-    pair = {"prompt_id": "p0", "prompt": "List five fruits.", "chosen": "apple, banana, cherry, mango and pear",
-            "rejected": "apple", "chosen_index": 0, "rejected_index": 1, "p_chosen": 0.6, "p_rejected": 0.4,
-            "scores": [1.0, -1.0]}
+    monkeypatch.setattr(
+        rspo.logps,
+        "sequence_logps",
+        lambda m, b, *, chunk_size=0: seen.append(chunk_size) or real(m, b, chunk_size=chunk_size),
+    )
+    pair = {
+        "prompt_id": "p0",
+        "prompt": "List five fruits.",
+        "chosen": "apple, banana, cherry, mango and pear",
+        "rejected": "apple",
+        "chosen_index": 0,
+        "rejected_index": 1,
+        "p_chosen": 0.6,
+        "p_rejected": 0.4,
+        "scores": [1.0, -1.0],
+    }
     cfg = TrainConfig(logps_chunk_size=3, per_device_batch_size=1, checkpoint_every=0, learning_rate=1e-5)
     rows = cache_logps([pair], str(tiny_model_dir), str(tiny_model_dir), cfg)
     assert seen == [3]  # pi_0 = mu: one scoring pass
     write_table(tmp_path / "pairs_logps.jsonl", rows, "pairs_logps")
-    train(cfg, pairs=tmp_path / "pairs_logps.jsonl", model=str(tiny_model_dir), out_dir=tmp_path / "model",
-          log_path=tmp_path / "log.jsonl")
+    train(
+        cfg,
+        pairs=tmp_path / "pairs_logps.jsonl",
+        model=str(tiny_model_dir),
+        out_dir=tmp_path / "model",
+        log_path=tmp_path / "log.jsonl",
+    )
     assert seen == [3, 3]  # one optimizer step
     assert len(read_table(tmp_path / "log.jsonl", "train_log")) == 1
 
