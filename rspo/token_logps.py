@@ -10,7 +10,9 @@ backward recomputes a chunk's logits and applies
 
 so at most one chunk's (chunk_size, V) float32 logits exist at a time, with or without the gradient.
 The matmuls run in the dtype the model's own output layer would use (the autocast dtype under
-autocast, else the weight's), the softmax in float32, as the unchunked path does.
+autocast, else the weight's), the softmax in float32 (float64 for a float64 model), as the unchunked
+path does. One difference under bf16: the soft-cap is applied to the float32 logits here, while
+Gemma-2's forward applies it to the bf16 ones.
 
 :func:`output_layer` says whether a model's logits are exactly ``lm_head(last hidden state)`` up to a
 transform this module applies (see ``POST_TRANSFORMS``); if not it gives the reason and
