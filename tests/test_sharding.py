@@ -187,10 +187,10 @@ def test_logps_shards_score_the_same_batches_and_merge_to_the_unsharded_cache(ti
     seen: list[tuple] = []
     real = logps.sequence_logps
 
-    def recording(model, batch):
+    def recording(model, batch, **kwargs):
         ids, mask = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
         seen.append(tuple(tuple(t for t, m in zip(r, mr) if m) for r, mr in zip(ids, mask)))
-        return real(model, batch)
+        return real(model, batch, **kwargs)
 
     monkeypatch.setattr(logps, "sequence_logps", recording)
     cfg = TrainConfig(logps_batch_size=3, max_length=64, max_prompt_length=32)
