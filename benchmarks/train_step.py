@@ -21,6 +21,17 @@ bytes of all parameters (policy + frozen models) and optimizer state, for refere
 
     OMP_NUM_THREADS=1 python benchmarks/train_step.py            # both variants, prints a table
     python benchmarks/train_step.py --markdown                   # ... as a Markdown table row block
+
+``--compare chunk`` measures instead the cached design twice, with the log-probs computed unchunked
+(``logps_chunk_size`` 0: full-vocabulary logits and log-softmax of every response token at once) and
+chunked (``--logps-chunk-size``, default 256, :mod:`rspo.token_logps`), by default at a Llama-3-sized
+vocabulary of 128,256 tokens with prompt 64 + response <= 256 tokens::
+
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --compare chunk --markdown
+
+Peak memory is the kernel's count of resident pages (VmHWM), so it covers every torch CPU tensor (the
+CPU allocator takes its memory from malloc/mmap, which tracemalloc does not see) and each variant runs
+in a fresh process so that one's pages cannot lower the other's peak.
 """
 
 from __future__ import annotations
@@ -108,7 +119,8 @@ def run_variant(args) -> dict:
     from rspo.train import compute_loss, disable_dropout, make_optimizer
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(regularizer="mixed", learning_rate=5e-7, gradient_checkpointing=args.gradient_checkpointing)
+    cfg = TrainConfig(regularizer="mixed", learning_rate=5e-7, gradient_checkpointing=args.gradient_checkpointing,
+                      logps_chunk_size=args.logps_chunk_size)
     lambdas = resolve_regularizer(cfg.regularizer)
     batch = make_batch(args)
     rss0 = rss_bytes()
@@ -129,17 +141,18 @@ def run_variant(args) -> dict:
     def step():
         if frozen:
             with torch.no_grad():
-                last, _ = sequence_logps(frozen[0], batch)
-                ref, _ = sequence_logps(frozen[1], batch)
+                last, _ = sequence_logps(frozen[0], batch, chunk_size=cfg.logps_chunk_size)
+                ref, _ = sequence_logps(frozen[1], batch, chunk_size=cfg.logps_chunk_size)
             batch["last_logps"] = torch.stack([last[:b], last[b : 2 * b]], 1)
             batch["ref_logps"] = torch.stack([ref[:b], ref[b : 2 * b]], 1)
-        out = compute_loss(policy, batch, eta=cfg.eta, lambdas=lambdas)
+        out = compute_loss(policy, batch, eta=cfg.eta, lambdas=lambdas, chunk_size=cfg.logps_chunk_size)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return out.loss.item()
 
     t0 = time.perf_counter()
-    step()  # warm-up (allocations, optimizer state)
+    first_loss = step()  # warm-up (allocations, optimizer state)
     warmup_s = time.perf_counter() - t0
     peak_reset = reset_peak_rss()  # the peak below is that of the training steps, not of model building
     times, cpu_times = [], []
@@ -151,12 +164,14 @@ def run_variant(args) -> dict:
     peak = peak_rss_bytes()
     return {
         "variant": args.variant,
+        "logps_chunk_size": cfg.logps_chunk_size,
         "params": sum(p.numel() for p in policy.parameters()),
         "tokens_per_step": int(batch["attention_mask"].sum()),
         "step_s": statistics.median(times),
         "step_s_all": times,
         "step_cpu_s": statistics.median(cpu_times),
         "warmup_s": warmup_s,
+        "first_loss": first_loss,
         "peak_rss_delta_mb": (peak - rss0) / 2**20,
         "peak_covers": "timed steps" if peak_reset else "whole process",
         "state_mb": sum(t.numel() * t.element_size() for m in [policy, *frozen] for t in m.parameters()) / 2**20
@@ -168,10 +183,13 @@ def run_variant(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", choices=["cached", "live"], help="run one variant in this process (internal)")
+    p.add_argument("--compare", choices=["design", "chunk"], default="design",
+                   help="design: cached vs live (default); chunk: cached with unchunked vs chunked log-probs")
     p.add_argument("--pairs", type=int, default=2, help="pairs per batch (2x sequences per forward)")
     p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--response-len", type=int, default=128, help="max response tokens (uniform in [n/2, n])")
-    p.add_argument("--vocab", type=int, default=16384)
+    p.add_argument("--response-len", type=int, default=None,
+                   help="max response tokens (uniform in [n/2, n]); default 128, or 256 with --compare chunk")
+    p.add_argument("--vocab", type=int, default=None, help="default 16384, or 128256 (Llama-3) with --compare chunk")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--intermediate", type=int, default=1376)
     p.add_argument("--layers", type=int, default=6)
@@ -180,46 +198,69 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--logps-chunk-size", type=int, default=256,
+                   help="train.logps_chunk_size (0 = unchunked); with --compare chunk: the chunked variant's")
     p.add_argument("--markdown", action="store_true", help="print the result as Markdown")
     args = p.parse_args()
+    chunk_case = args.compare == "chunk"
+    if args.response_len is None:
+        args.response_len = 256 if chunk_case else 128
+    if args.vocab is None:
+        args.vocab = 128256 if chunk_case else 16384
 
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
 
-    passthrough = [a for a in sys.argv[1:] if a != "--markdown"]
-    res = {}
-    for variant in ("cached", "live"):
-        out = subprocess.run([sys.executable, __file__, "--variant", variant, *passthrough], check=True,
-                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-        res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    c, li = res["cached"], res["live"]
+    def run(variant: str, chunk: int) -> dict:
+        argv = [a for a in sys.argv[1:] if a != "--markdown"]
+        argv += ["--variant", variant, "--response-len", str(args.response_len), "--vocab", str(args.vocab),
+                 "--logps-chunk-size", str(chunk)]  # argparse: the last occurrence of an option wins
+        out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    if chunk_case:
+        names = ("unchunked", f"chunked {args.logps_chunk_size}")
+        a, b = run("cached", 0), run("cached", args.logps_chunk_size)
+    else:
+        names = ("cached (1 model)", "live (3 models)")
+        a, b = run("cached", args.logps_chunk_size), run("live", args.logps_chunk_size)
     import torch
 
     settings = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, {args.threads} "
-                f"thread(s), torch {torch.__version__}; LlamaForCausalLM {c['params'] / 1e6:.1f}M params "
+                f"thread(s), torch {torch.__version__}; LlamaForCausalLM {a['params'] / 1e6:.1f}M params "
                 f"({args.layers} layers, hidden {args.hidden}, vocab {args.vocab}), fp32, RMSProp, "
                 f"{args.pairs} pairs/step = {2 * args.pairs} sequences, prompt {args.prompt_len} + response <= "
-                f"{args.response_len} tokens ({c['tokens_per_step']} tokens/step), gradient checkpointing "
-                f"{'on' if args.gradient_checkpointing else 'off'}, median of {args.steps} steps")
+                f"{args.response_len} tokens ({a['tokens_per_step']} tokens/step), gradient checkpointing "
+                f"{'on' if args.gradient_checkpointing else 'off'}, "
+                + (f"{names[0]} vs {names[1]}-token chunks" if chunk_case
+                   else f"logps_chunk_size {args.logps_chunk_size}")
+                + f", median of {args.steps} steps")
     rows = [
-        ("wall time per optimizer step (s)", c["step_s"], li["step_s"]),
-        ("CPU time per optimizer step (s)", c["step_cpu_s"], li["step_cpu_s"]),
-        ("peak RSS delta (MiB)", c["peak_rss_delta_mb"], li["peak_rss_delta_mb"]),
-        ("params + optimizer state (MiB)", c["state_mb"], li["state_mb"]),
+        ("wall time per optimizer step (s)", a["step_s"], b["step_s"]),
+        ("CPU time per optimizer step (s)", a["step_cpu_s"], b["step_cpu_s"]),
+        ("peak RSS delta (MiB)", a["peak_rss_delta_mb"], b["peak_rss_delta_mb"]),
+        ("params + optimizer state (MiB)", a["state_mb"], b["state_mb"]),
     ]
+    if chunk_case:  # the same step on the same batch: the losses agree to float32 rounding
+        rows.append(("loss of the first step", a["first_loss"], b["first_loss"]))
+    # ratios as the targets state them: chunked / unchunked, cached / live
+    ratio = (lambda x, y: y / x) if chunk_case else (lambda x, y: x / y)
+    label = f"{names[1]}/{names[0]}" if chunk_case else "cached/live"
     if args.markdown:
         print(f"Settings: {settings}.\n")
-        print("| metric | cached (1 model) | live (3 models) | ratio cached/live |")
+        print(f"| metric | {names[0]} | {names[1]} | ratio {label} |")
         print("|---|---|---|---|")
-        for name, a, b in rows:
-            print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
+        for name, x, y in rows:
+            fmt = ".7g" if "loss" in name else ".3f"
+            print(f"| {name} | {x:{fmt}} | {y:{fmt}} | {ratio(x, y):.2f}x |")
     else:
         print(settings)
-        for name, a, b in rows:
-            print(f"{name:34s} cached {a:10.3f}   live {b:10.3f}   ratio {a / b:.2f}x")
-        print("raw step times: cached", [round(t, 3) for t in c["step_s_all"]], "live",
-              [round(t, 3) for t in li["step_s_all"]], "; peak covers:", c["peak_covers"])
+        for name, x, y in rows:
+            print(f"{name:34s} {names[0]} {x:12.7g}   {names[1]} {y:12.7g}   ratio {ratio(x, y):.2f}x")
+        print("raw step times:", names[0], [round(t, 3) for t in a["step_s_all"]], names[1],
+              [round(t, 3) for t in b["step_s_all"]], "; peak covers:", a["peak_covers"])
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class TrainConfig:
     seed: int = 42
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = only at the end)
     logps_batch_size: int = 8  # batch size of the log-prob cache step
+    logps_chunk_size: int = 256  # response tokens per log-softmax chunk (logps step and training); 0 = unchunked
     save_dtype: str = "fp32"  # dtype of the saved iterate: fp32 | bf16 (the authors: DeepSpeed's 16-bit save)
     num_processes: int = 1  # training processes (GPUs); > 1 runs `accelerate launch` (rspo.launch)
     accelerate_config: str | None = None  # accelerate config file (config/accelerate/*.yaml); null = none

@@ -24,6 +24,7 @@ numbers the cache stores and the numbers the trainer computes come from the same
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,13 +145,20 @@ def collate(seqs: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(model, batch: dict[str, torch.Tensor], *, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the labelled tokens of each row, and their counts: two (N,) tensors.
 
     ``batch`` holds right-padded ``input_ids``, ``attention_mask`` and ``labels`` (see
     :func:`collate`) on the model's device. The output layer runs only from the first position that
     predicts a response token (``logits_to_keep``, where the model's forward takes it), and the
-    log-softmax is taken in fp32 at labelled positions only. Differentiable w.r.t. the model.
+    log-softmax is taken in fp32 (fp64 for an fp64 model) at labelled positions only.
+
+    ``chunk_size`` > 0 (``TrainConfig.logps_chunk_size``): the model's output layer is skipped and
+    :func:`rspo.token_logps.token_logps` computes the labelled tokens' log-probs from the final hidden
+    states ``chunk_size`` tokens at a time (no full-vocabulary tensor of all tokens, also in the
+    backward); equal to the unchunked computation up to rounding. 0, or a model that path does not
+    support (:func:`rspo.token_logps.output_layer`; a warning says why, once), computes the logits of
+    all kept positions at once. Differentiable w.r.t. the model.
     """
     import torch
 
@@ -160,16 +168,62 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     if _takes_logits_to_keep(model):
         cols = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
         kwargs["logits_to_keep"] = width - (int(cols[0]) if len(cols) else 0)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs)
-    logits = out.logits  # positions width - k .. width - 1
-    first = width - logits.shape[1]
+    layer = _chunkable_output_layer(model) if chunk_size > 0 else None
+    if layer is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs)
+        states = out.logits  # positions width - k .. width - 1
+    else:  # the output layer's input (the final hidden states of the kept positions); it then runs on none
+        states = _hidden_before(layer.module, model, input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"], use_cache=False, **kwargs)
+    first = width - states.shape[1]
     targets = labels[:, first + 1 :]  # the token each kept position (but the last) predicts
     keep = targets != IGNORE_INDEX
     rows = keep.nonzero(as_tuple=True)[0]
-    picked = logits[:, :-1][keep].float()  # (tokens, vocab)
-    token_logps = picked.log_softmax(dim=-1).gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
-    return sums, keep.sum(dim=1)
+    if layer is None:
+        from rspo.token_logps import softmax_dtype
+
+        picked = states[:, :-1][keep]  # (tokens, vocab)
+        picked = picked.to(softmax_dtype(picked.dtype))
+        token_logps = picked.log_softmax(dim=-1).gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+    else:
+        from rspo.token_logps import token_logps as chunked
+
+        token_logps = chunked(states[:, :-1][keep], layer, targets[keep], chunk_size)
+    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=states.device)
+    return sums.index_add(0, rows, token_logps), keep.sum(dim=1)
+
+
+def _chunkable_output_layer(model):
+    """:func:`rspo.token_logps.output_layer`, or None with a warning (once per reason) why not."""
+    from rspo.token_logps import output_layer
+
+    layer, reason = output_layer(model)
+    if layer is None:
+        _warn_unchunked(reason)
+    return layer
+
+
+@functools.cache
+def _warn_unchunked(reason: str) -> None:
+    log.warning("log-probs are computed unchunked (full logits of all response tokens): %s", reason)
+
+
+def _hidden_before(module, model, **inputs) -> torch.Tensor:
+    """Run ``model(**inputs)`` with ``module`` fed an empty slice; return the input ``module`` was given."""
+    seen = []
+
+    def swap(_module, args):
+        seen.append(args[0])
+        return (args[0][:, :0], *args[1:])
+
+    handle = module.register_forward_pre_hook(swap)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        raise RuntimeError(f"the output layer ran {len(seen)} times in one forward, expected once")
+    return seen[0]
 
 
 def _takes_logits_to_keep(model) -> bool:
@@ -221,12 +275,13 @@ def score(
     mixed_precision: str = "no",
     desc: str = "logps",
     shard: Shard | None = None,
+    chunk_size: int = 0,
 ) -> tuple[list[float], list[int]]:
     """``sequence_logps`` of many sequences without gradients: (sums, counts) in input order.
 
     Sequences are scored longest first (little padding; an out-of-memory shows in the first batch).
     With ``shard`` only that shard's batches of this order are scored (:mod:`rspo.sharding`); the
-    other entries stay None.
+    other entries stay None. ``chunk_size``: see :func:`sequence_logps`.
     """
     import torch
     from tqdm import tqdm
@@ -241,7 +296,7 @@ def score(
         for idx in batches:
             batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad_id).items()}
             with autocast(mixed_precision, device):
-                s, c = sequence_logps(model, batch)
+                s, c = sequence_logps(model, batch, chunk_size=chunk_size)
             for i, si, ci in zip(idx, s.tolist(), c.tolist()):
                 sums[i], counts[i] = si, ci
             bar.update(len(idx))

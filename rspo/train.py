@@ -93,6 +93,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"TrainConfig.warmup_ratio: must be in [0, 1], got {cfg.warmup_ratio}")
     if not (cfg.learning_rate > 0 and cfg.eta > 0):
         raise ConfigError("TrainConfig.learning_rate and TrainConfig.eta must be > 0")
+    if cfg.logps_chunk_size < 0:
+        raise ConfigError(f"TrainConfig.logps_chunk_size: must be >= 0 (0 = unchunked), got {cfg.logps_chunk_size}")
     if cfg.checkpoint_every < 0:
         raise ConfigError(f"TrainConfig.checkpoint_every: must be >= 0, got {cfg.checkpoint_every}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
@@ -211,17 +213,18 @@ def collate_pairs(examples: Sequence[PairExample], pad_id: int, sample_index: in
 
 
 def compute_loss(model, batch: Mapping[str, torch.Tensor], *, eta: float, lambdas: Mapping[str, float],
-                 is_clip: float = 10.0) -> LossOutput:
+                 is_clip: float = 10.0, chunk_size: int = 0) -> LossOutput:
     """pi_theta's log-probs of a :func:`collate_pairs` batch (one forward) -> :func:`rspo.losses.rspo_loss`.
 
     ``ref_sample_nll`` (forward_kl) is the per-sequence token-MEAN NLL of mu's sample under pi_theta.
+    ``chunk_size``: log-probs in chunks of that many tokens (:func:`rspo.logps.sequence_logps`).
     """
     import torch
 
     from rspo.logps import sequence_logps
     from rspo.losses import rspo_loss
 
-    sums, counts = sequence_logps(model, batch)
+    sums, counts = sequence_logps(model, batch, chunk_size=chunk_size)
     b = batch["win_probs"].shape[0]
     policy = torch.stack([sums[:b], sums[b : 2 * b]], dim=1)
     nll = -(sums[2 * b :] / counts[2 * b :]) if sums.shape[0] > 2 * b else None
@@ -631,7 +634,8 @@ def train(
             batch = collate_pairs([examples[i] for i in idx], pad_id, sample_index=epoch)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(net):
-                out = compute_loss(net, batch, eta=cfg.eta, lambdas=lambdas, is_clip=cfg.is_clip)
+                out = compute_loss(net, batch, eta=cfg.eta, lambdas=lambdas, is_clip=cfg.is_clip,
+                                   chunk_size=cfg.logps_chunk_size)
                 if not torch.isfinite(out.loss):
                     raise NonFiniteLossError(f"non-finite loss ({out.loss.detach().item()}) at {where}: training "
                                              f"stopped; {checkpoints.describe_last()}. Lower the learning rate or eta.")

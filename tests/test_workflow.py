@@ -217,6 +217,7 @@ def test_dry_run_commands_follow_the_layout(dry):
     assert len(logps) == T
     assert json.loads(re.search(r"--params '([^']*)'", logps[0]).group(1)) == {
         "logps_batch_size": 8,
+        "logps_chunk_size": 256,
         "max_length": 256,
         "max_prompt_length": 128,
         "precision": "auto",

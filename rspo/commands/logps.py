@@ -16,7 +16,8 @@ tokenizer; token counts are those of the last model's tokenizer (the one the pol
 pairs' sampled token ids (``chosen_token_ids`` / ``rejected_token_ids``, ids of the last model's
 tokenizer) are scored as they are; a reference model whose tokenizer has another vocabulary scores
 the response texts instead (tokenized with its own tokenizer, a warning says so).
-Tokenization, truncation (``max_length`` / ``max_prompt_length``) and precision come from the
+Tokenization, truncation (``max_length`` / ``max_prompt_length``), precision and the log-prob chunk
+size (``logps_chunk_size``) come from the
 ``TrainConfig`` given as ``--params``, so the cache matches the trainer's own forward passes.
 """
 
@@ -98,6 +99,7 @@ def score_model(ref: str, rows: list[dict], cfg, what: str, shard=None) -> tuple
             mixed_precision=resolve_precision(cfg.precision),
             desc=f"logps {what}",
             shard=shard,
+            chunk_size=cfg.logps_chunk_size,
         )
     finally:
         del model

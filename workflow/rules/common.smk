@@ -332,7 +332,13 @@ SELFBLEU_GENERATE_PARAMS = as_json(
 LOGPS_PARAMS = as_json(
     {
         key: config["train"][key]
-        for key in ("max_length", "max_prompt_length", "precision", "logps_batch_size")
+        for key in (
+            "max_length",
+            "max_prompt_length",
+            "precision",
+            "logps_batch_size",
+            "logps_chunk_size",
+        )
     }
 )
 
