@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
+import math
 import os
 import platform
 import random
@@ -60,6 +61,7 @@ PEAK_BF16_TFLOPS = (
     ("H100", 989.0),
     ("A100", 312.0),
     ("L40S", 362.0),
+    ("L40", 181.0),
     ("L4", 121.0),
     ("A10G", 70.0),
     ("A10", 125.0),
@@ -132,9 +134,13 @@ class Context:
     smoke: bool
     deadline: float
     cache: dict = dataclasses.field(default_factory=dict)
+    part_deadline: float = math.inf  # when the running part's time is up (its cap or the budget)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def part_left(self) -> float:
+        return min(self.deadline, self.part_deadline) - time.monotonic()
 
 
 def _on_alarm(signum, frame):
@@ -160,6 +166,7 @@ def run_parts(ctx: Context, parts: list[Part], record: Callable[[str, dict], Non
             }
         else:
             limit = max(1, int(min(part.cap_s, left)))
+            ctx.part_deadline = t0 + limit
             use_alarm = hasattr(signal, "SIGALRM")
             if use_alarm:
                 old = signal.signal(signal.SIGALRM, _on_alarm)
@@ -290,21 +297,6 @@ def train_workload(ctx: Context, key: str):
     return cfg, cfg.per_device_batch_size, cfg.max_prompt_length, cfg.max_length - cfg.max_prompt_length
 
 
-def chunk_option() -> tuple[str | None, str | None]:
-    """(TrainConfig field, compute_loss keyword) of the chunked log-probs, or (None, why not)."""
-    import inspect
-
-    from rspo.config import TrainConfig
-    from rspo.train import compute_loss
-
-    if "logps_chunk_size" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return None, "logps_chunk_size not available (TrainConfig has no such field)"
-    names = [p for p in inspect.signature(compute_loss).parameters if "chunk" in p]
-    if not names:
-        return None, "logps_chunk_size not available (rspo.train.compute_loss takes no chunk argument)"
-    return "logps_chunk_size", names[0]
-
-
 def accelerator(ctx: Context, mixed_precision: str):
     """One Accelerator per process (accelerate keeps its state in a singleton), as the trainer makes it."""
     acc = ctx.cache.get("accelerator")
@@ -337,13 +329,8 @@ def measure_train_step(ctx: Context, key: str, chunk_size: int | None = None) ->
 
     shape = shapes(ctx.smoke, ctx.args.mistral_layers)[key]
     cfg, n_pairs, prompt_len, response_len = train_workload(ctx, key)
-    chunk_kw = {}
     if chunk_size is not None:
-        field, arg = chunk_option()
-        if field is None:
-            raise Skip(arg)
-        cfg = dataclasses.replace(cfg, **{field: chunk_size})
-        chunk_kw = {arg: chunk_size}
+        cfg = dataclasses.replace(cfg, logps_chunk_size=chunk_size)
     mp = resolve_precision(cfg.precision)
     lambdas = resolve_lambdas(cfg)
     cuda = ctx.device.startswith("cuda")
@@ -356,7 +343,15 @@ def measure_train_step(ctx: Context, key: str, chunk_size: int | None = None) ->
     pairs = random_pairs(n_pairs, prompt_len, response_len, shape.vocab)
     seqs = [s for pair in pairs for s in pair]
     model.eval()
-    sums, _ = score(model, seqs, pad_id=0, batch_size=cfg.logps_batch_size, mixed_precision=mp, desc="cache")
+    sums, _ = score(
+        model,
+        seqs,
+        pad_id=0,
+        batch_size=cfg.logps_batch_size,
+        mixed_precision=mp,
+        desc="cache",
+        chunk_size=cfg.logps_chunk_size,
+    )
     rng = random.Random(1)
     examples = []
     for i, (chosen, rejected) in enumerate(pairs):
@@ -371,7 +366,9 @@ def measure_train_step(ctx: Context, key: str, chunk_size: int | None = None) ->
     losses, norms = [], []
 
     def step():
-        out = compute_loss(net, batch, eta=cfg.eta, lambdas=lambdas, is_clip=cfg.is_clip, **chunk_kw)
+        out = compute_loss(
+            net, batch, eta=cfg.eta, lambdas=lambdas, is_clip=cfg.is_clip, chunk_size=cfg.logps_chunk_size
+        )
         acc.backward(out.loss)
         norm = acc.clip_grad_norm_(net.parameters(), cfg.max_grad_norm or float("inf"))
         optimizer.step()
@@ -423,7 +420,7 @@ def measure_train_step(ctx: Context, key: str, chunk_size: int | None = None) ->
             "precision": "bf16 autocast over fp32 weights (accelerate mixed_precision=bf16)",
             "optimizer": cfg.optimizer,
             "gradient_checkpointing": cfg.gradient_checkpointing,
-            "logps_chunk_size": chunk_size,
+            "logps_chunk_size": cfg.logps_chunk_size,
             "warmup_step_s": warmup_s,
             "step_s": step_s,
             "step_s_all": times,
@@ -453,13 +450,11 @@ def part_train_mistral(ctx: Context) -> dict:
 
 
 def part_logps_chunking(ctx: Context) -> dict:
-    """The Mistral-shaped training step with chunked log-probs against unchunked (chunk size 0)."""
-    field, why = chunk_option()
-    if field is None:
-        raise Skip(why)
+    """The Mistral-shaped training step with chunked log-probs (``train.logps_chunk_size``'s default)
+    against unchunked (0)."""
     from rspo.config import TrainConfig
 
-    default = getattr(TrainConfig(), field) or 256
+    default = TrainConfig().logps_chunk_size
     chunked = measure_train_step(ctx, "mistral", chunk_size=default)
     release_memory()
     unchunked = measure_train_step(ctx, "mistral", chunk_size=0)
@@ -494,7 +489,13 @@ def part_logps_precision(ctx: Context) -> dict:
         for mp in ("no", "bf16"):
             t0 = time.perf_counter()
             res[mp] = score(
-                model, seqs, pad_id=0, batch_size=cfg.logps_batch_size, mixed_precision=mp, desc=mp
+                model,
+                seqs,
+                pad_id=0,
+                batch_size=cfg.logps_batch_size,
+                mixed_precision=mp,
+                desc=mp,
+                chunk_size=cfg.logps_chunk_size,
             )
             sync(ctx.device)
             res[mp + "_s"] = time.perf_counter() - t0
@@ -502,6 +503,7 @@ def part_logps_precision(ctx: Context) -> dict:
         counts = res["no"][1]
         diffs = [abs(a - b) for a, b in zip(fp32, bf16)]
         out[key] = {
+            "logps_chunk_size": cfg.logps_chunk_size,
             "sequences": len(seqs),
             "response_tokens_mean": statistics.fmean(counts),
             "max_abs_diff": max(diffs),
@@ -704,44 +706,60 @@ def real_model(ctx: Context) -> str:
     return ref
 
 
-def run_child(ctx: Context, child: str, payload: dict, timeout: float) -> dict:
-    """Run ``child`` in a fresh process (vLLM takes most of the GPU's memory and does not give it back)."""
-    from rspo.artifacts import read_json, write_json
-
-    tmp = Path(tempfile.mkdtemp(prefix=f"{child}-", dir=ctx.cache["tmp"]))
-    write_json(tmp / "in.json", payload)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", child, "--out", str(tmp)]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=max(1.0, timeout), env=os.environ.copy()
+def run_command(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a new session; on a timeout or any interruption (the part's alarm) the
+    whole process group is killed, so that no vLLM engine or Snakemake job outlives its part."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs
     )
-    if proc.returncode != 0 or not (tmp / "out.json").exists():
-        tail = (proc.stdout + proc.stderr)[-1500:]
-        raise RuntimeError(f"{child} exited with {proc.returncode}: {tail}")
-    return read_json(tmp / "out.json")
+    try:
+        out, _ = proc.communicate(timeout=max(1.0, timeout))
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def vllm_results(ctx: Context) -> dict:
+    """The ``vllm`` child's results, run once for both vLLM parts (one engine start); a failure is
+    remembered and raised again by the other part."""
+    if "vllm" not in ctx.cache:
+        need_vllm(ctx)
+        try:
+            model = real_model(ctx)
+            from rspo.artifacts import read_json, write_json
+
+            tmp = Path(tempfile.mkdtemp(prefix="vllm-", dir=ctx.cache["tmp"]))
+            write_json(tmp / "in.json", {"model": model, "greedy_prompts": 16, "sample_prompts": 64})
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "vllm", "--out", str(tmp)]
+            proc = run_command(cmd, ctx.part_left() - 2)
+            if proc.returncode != 0 or not (tmp / "out.json").exists():
+                raise RuntimeError(f"the vllm child exited with {proc.returncode}: {proc.stdout[-1500:]}")
+            ctx.cache["vllm"] = read_json(tmp / "out.json")
+        except Exception as exc:
+            ctx.cache["vllm"] = exc
+            raise
+    if isinstance(ctx.cache["vllm"], Exception):
+        raise ctx.cache["vllm"]
+    return ctx.cache["vllm"]
 
 
 def part_vllm_greedy(ctx: Context) -> dict:
-    need_vllm(ctx)
-    model = real_model(ctx)
-    return run_child(ctx, "vllm_greedy", {"model": model, "prompts": 16}, ctx.left() - 5)
+    """Greedy outputs of the vLLM and the transformers backends on 16 prompts (runs the vllm child)."""
+    r = vllm_results(ctx)
+    return {"engine_start_s": r["engine_start_s"], **r["greedy"]}
 
 
 def part_vllm_n_vs_k(ctx: Context) -> dict:
-    need_vllm(ctx)
-    model = real_model(ctx)
-    runs = {}
-    for seeding, what in (
-        ("per_sample", "one request with n=K per prompt"),
-        ("passes", "K requests with n=1"),
-    ):
-        runs[what] = run_child(
-            ctx,
-            "vllm_sample",
-            {"model": model, "seeding": seeding, "prompts": 64},
-            ctx.left() / (2 if not runs else 1) - 5,
-        )
-    a, b = runs.values()
-    return {**runs, "generate_time_ratio_K_requests_over_one": b["generate_s"] / a["generate_s"]}
+    """vLLM sampling with n=K in one request per prompt vs K requests with n=1 (from the vllm child)."""
+    r = vllm_results(ctx)["sampling"]
+    one, k_requests = r["per_sample"], r["passes"]
+    return {
+        "one_request_n_K": one,
+        "K_requests_n_1": k_requests,
+        "time_ratio_K_requests_over_one": k_requests["generate_s"] / one["generate_s"],
+    }
 
 
 def part_workflow_vllm(ctx: Context) -> dict:
@@ -761,14 +779,14 @@ def part_workflow_vllm(ctx: Context) -> dict:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["generation"]["backend"] = "vllm"
     config["iterations"] = 1
-    config["gpu_python"] = sys.executable
+    config["gpu_python"] = sys.executable  # the GPU rules run this interpreter (vLLM); the others snakemake's
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [snakemake, "--cores", "all", "--directory", str(work), "--config", "reg=mixed"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(1.0, ctx.left() - 5))
+    proc = run_command(cmd, ctx.part_left() - 2, cwd=ROOT)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"snakemake exited with {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}")
+        raise RuntimeError(f"snakemake exited with {proc.returncode}: {proc.stdout[-1500:]}")
     rules = {}
     for tsv in sorted((work / "logs" / "benchmarks").rglob("*.tsv")):
         with open(tsv) as fh:
@@ -786,8 +804,10 @@ PARTS = [
     Part("logps_precision", part_logps_precision, 90, 15, "rspo.logps bf16 vs fp32"),
     Part("pairrm", part_pairrm, 120, 20, "PairRM scoring batched vs one pair at a time"),
     Part("generation", part_generation, 120, 20, "transformers generation throughput"),
-    Part("vllm_greedy", part_vllm_greedy, 180, 60, "vLLM vs transformers greedy outputs"),
-    Part("vllm_n_vs_k", part_vllm_n_vs_k, 240, 90, "vLLM n=K in one request vs K requests"),
+    Part(
+        "vllm_greedy", part_vllm_greedy, 300, 90, "vLLM vs transformers greedy outputs (runs the vllm child)"
+    ),
+    Part("vllm_n_vs_k", part_vllm_n_vs_k, 300, 0, "vLLM n=K in one request vs K requests (the same child)"),
     Part("workflow_vllm", part_workflow_vllm, 600, 120, "one iteration of the embedded default on vLLM"),
 ]
 
@@ -795,80 +815,98 @@ PARTS = [
 # --------------------------------------------------------------------------- children (vLLM)
 
 
-def child_vllm_greedy(payload: dict) -> dict:
-    """Greedy token ids of the transformers and the vLLM backends on the same prompts (same dtype)."""
-    from rspo.config import GenerateConfig, PromptSource, SamplingConfig
-    from rspo.generation import generate
-    from rspo.prompts import load_prompts
-
-    base = workflow_config("config.yaml").generation
-    prompts = load_prompts(PromptSource(embedded="eval", limit=payload["prompts"]))
-    sampling = SamplingConfig(
-        n=1, temperature=0.0, top_p=1.0, max_new_tokens=base.sampling.max_new_tokens, seed=0
-    )
-    out, ids = {}, {}
-    for backend in ("transformers", "vllm"):  # transformers first: vLLM then takes what is left of the GPU
-        cfg = GenerateConfig(backend=backend, batch_size=base.batch_size, dtype=base.dtype, sampling=sampling)
-        t0 = time.perf_counter()
-        rows = generate(payload["model"], prompts, cfg, progress=False)
-        out[f"{backend}_s"] = time.perf_counter() - t0
-        ids[backend] = [r["token_ids"][0] for r in rows]
-        release_memory()
-    diverge = []
-    for a, b in zip(ids["transformers"], ids["vllm"]):
-        if a != b:
-            diverge.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
-    return {
-        "model": payload["model"],
-        "prompts": len(prompts),
-        "dtype": base.dtype,
-        "max_new_tokens": sampling.max_new_tokens,
-        "mismatches": len(diverge),
-        "first_divergence_positions": diverge,
-        **out,
-    }
-
-
-def child_vllm_sample(payload: dict) -> dict:
-    """``rspo.generation.generate_vllm`` with the workflow's sampling; time spent inside ``LLM.generate``."""
-    from rspo.config import PromptSource
-    from rspo.generation import generate_vllm, import_vllm
+def child_vllm(payload: dict) -> dict:
+    """In a fresh process: greedy token ids of the transformers and the vLLM backends on the same
+    prompts (same dtype), then ``generate_vllm`` with the workflow's sampling, ``seeding: per_sample``
+    (one request with n=K per prompt) and ``passes`` (K requests with n=1), timed inside
+    ``LLM.generate``. ``vllm.LLM`` is wrapped so that equal arguments reuse one engine: each call of
+    rspo's ``generate_vllm`` would otherwise start its own."""
+    from rspo.config import PromptSource, SamplingConfig
+    from rspo.generation import generate, generate_vllm, import_vllm
     from rspo.prompts import load_prompts
 
     vllm = import_vllm()
-    spent: list[float] = []
-    original = vllm.LLM.generate
+    real_llm, engines, spent = vllm.LLM, {}, []
+    original_generate = real_llm.generate
 
-    def timed(self, *a, **kw):
+    def timed_generate(self, *a, **kw):
         t0 = time.perf_counter()
         try:
-            return original(self, *a, **kw)
+            return original_generate(self, *a, **kw)
         finally:
             spent.append(time.perf_counter() - t0)
 
-    vllm.LLM.generate = timed
+    def shared_llm(**kwargs):
+        key = repr(sorted(kwargs.items()))
+        if key not in engines:
+            t0 = time.perf_counter()
+            engines[key] = real_llm(**kwargs)
+            starts.append(time.perf_counter() - t0)
+        return engines[key]
+
+    starts: list[float] = []
+    real_llm.generate = timed_generate
+    vllm.LLM = shared_llm
     base = workflow_config("config.yaml").generation
-    cfg = dataclasses.replace(
-        base, backend="vllm", sampling=dataclasses.replace(base.sampling, seeding=payload["seeding"])
+    model = payload["model"]
+
+    greedy_cfg = dataclasses.replace(
+        base,
+        sampling=SamplingConfig(
+            n=1,
+            temperature=0.0,
+            top_p=1.0,
+            max_new_tokens=base.sampling.max_new_tokens,
+            seed=base.sampling.seed,
+        ),
     )
-    prompts = load_prompts(PromptSource(embedded="train1", limit=payload["prompts"]))
-    t0 = time.perf_counter()
-    results = generate_vllm(payload["model"], [p["prompt"] for p in prompts], cfg)
-    total = time.perf_counter() - t0
-    tokens = sum(c.num_tokens for row in results for c in row)
-    return {
-        "seeding": payload["seeding"],
-        "prompts": len(prompts),
-        "n": cfg.sampling.n,
-        "generate_calls": len(spent),
-        "generate_s": sum(spent),
-        "total_s_with_engine_start": total,
-        "generated_tokens": tokens,
-        "tokens_per_s": tokens / sum(spent),
-    }
+    prompts = load_prompts(PromptSource(embedded="eval", limit=payload["greedy_prompts"]))
+    greedy, ids = {}, {}
+    for backend in ("transformers", "vllm"):  # transformers first: vLLM then takes what is left of the GPU
+        t0 = time.perf_counter()
+        rows = generate(model, prompts, dataclasses.replace(greedy_cfg, backend=backend), progress=False)
+        greedy[f"{backend}_s"] = time.perf_counter() - t0
+        ids[backend] = [r["token_ids"][0] for r in rows]
+        release_memory()
+    diverge = []
+    for a, b in zip(ids["transformers"], ids["vllm"], strict=True):
+        if a != b:
+            diverge.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
+    greedy.update(
+        model=model,
+        prompts=len(prompts),
+        dtype=base.dtype,
+        max_new_tokens=greedy_cfg.sampling.max_new_tokens,
+        mismatches=len(diverge),
+        first_divergence_positions=diverge,
+        note="vllm_s includes the engine start (engine_start_s)",
+    )
+
+    prompts = load_prompts(PromptSource(embedded="train1", limit=payload["sample_prompts"]))
+    sampling = {}
+    for seeding in ("per_sample", "passes"):
+        cfg = dataclasses.replace(
+            base, backend="vllm", sampling=dataclasses.replace(base.sampling, seeding=seeding)
+        )
+        spent.clear()
+        t0 = time.perf_counter()
+        results = generate_vllm(model, [p["prompt"] for p in prompts], cfg)
+        total = time.perf_counter() - t0
+        tokens = sum(c.num_tokens for row in results for c in row)
+        sampling[seeding] = {
+            "prompts": len(prompts),
+            "n": cfg.sampling.n,
+            "max_new_tokens": cfg.sampling.max_new_tokens,
+            "generate_calls": len(spent),
+            "generate_s": sum(spent),
+            "total_s": total,
+            "generated_tokens": tokens,
+            "tokens_per_s": tokens / sum(spent),
+        }
+    return {"engine_start_s": sum(starts), "engines": len(starts), "greedy": greedy, "sampling": sampling}
 
 
-CHILDREN = {"vllm_greedy": child_vllm_greedy, "vllm_sample": child_vllm_sample}
+CHILDREN = {"vllm": child_vllm}
 
 
 # --------------------------------------------------------------------------- output
