@@ -101,17 +101,8 @@ def shapes(smoke: bool, mistral_layers: int) -> dict[str, Shape]:
         }
     return {
         "smollm2": Shape("llama", 576, 30, 9, 3, 1536, 49152, True, "SmolLM2-135M (all 30 layers)"),
-        "mistral": Shape(
-            "mistral",
-            4096,
-            mistral_layers,
-            32,
-            8,
-            14336,
-            32000,
-            False,
-            f"Mistral-7B, {mistral_layers} of its 32 layers",
-        ),
+        "mistral": Shape("mistral", 4096, mistral_layers, 32, 8, 14336, 32000, False,
+                         f"Mistral-7B, {mistral_layers} of its 32 layers"),
     }
 
 
@@ -189,9 +180,8 @@ def run_parts(ctx: Context, parts: list[Part], record: Callable[[str, dict], Non
                     signal.alarm(0)
                     signal.signal(signal.SIGALRM, old)
             entry["seconds"] = round(time.monotonic() - t0, 3)
-            entry["cpu_seconds"] = round(
-                time.process_time() - c0, 3
-            )  # this process's CPU time (host overhead)
+            # this process's CPU time: on a GPU, the host's share (Python, kernel launches, tokenization)
+            entry["cpu_seconds"] = round(time.process_time() - c0, 3)
             release_memory()
         out[part.name] = entry
         record(part.name, entry)
@@ -959,7 +949,7 @@ def meta(ctx: Context) -> dict:
 def headline(name: str, entry: dict) -> str:
     """One line of numbers for the Markdown table."""
     if entry["status"] != "ok":
-        return (entry.get("reason") or entry.get("error") or "").replace("|", "/").replace("\n", " ")[:300]
+        return (entry.get("reason") or entry.get("error") or "")[:300]
     r = entry["result"]
     if name.startswith("train_step"):
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
@@ -974,7 +964,7 @@ def headline(name: str, entry: dict) -> str:
         )
     if name == "logps_precision":
         return "; ".join(
-            f"{k}: max abs diff of sums {v['max_abs_diff']:.3g} (|sum| ~{v['mean_abs_logp_sum']:.0f})"
+            f"{k}: max abs diff of sums {v['max_abs_diff']:.3g} (sums ~{-v['mean_abs_logp_sum']:.0f})"
             for k, v in r.items()
             if isinstance(v, dict)
         )
@@ -1010,7 +1000,8 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, entry in report["parts"].items():
-        lines.append(f"| {name} | {entry['status']} | {entry['seconds']:.1f} | {headline(name, entry)} |")
+        cell = headline(name, entry).replace("|", "/").replace("\n", " ")  # one table cell
+        lines.append(f"| {name} | {entry['status']} | {entry['seconds']:.1f} | {cell} |")
     return "\n".join(lines) + "\n"
 
 

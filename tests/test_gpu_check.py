@@ -74,6 +74,7 @@ def test_smoke_report_structure(smoke, gpu_check):
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert [r.split(" | ")[0].removeprefix("| ") for r in rows[1:]] == names  # header, then one row per part
     assert all(f"| {e['status']} |" in r for r, e in zip(rows[1:], report["parts"].values()))
+    assert all(r.count("|") == 5 for r in rows)  # four cells per row: no "|" leaks from a result
 
 
 def test_smoke_vllm_parts_skipped_with_reason(smoke):
