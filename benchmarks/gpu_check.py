@@ -840,16 +840,9 @@ def child_vllm(payload: dict) -> dict:
     base = workflow_config("config.yaml").generation
     model = payload["model"]
 
-    greedy_cfg = dataclasses.replace(
-        base,
-        sampling=SamplingConfig(
-            n=1,
-            temperature=0.0,
-            top_p=1.0,
-            max_new_tokens=base.sampling.max_new_tokens,
-            seed=base.sampling.seed,
-        ),
-    )
+    new_tokens = payload.get("max_new_tokens") or base.sampling.max_new_tokens
+    greedy_cfg = dataclasses.replace(base, sampling=SamplingConfig(
+        n=1, temperature=0.0, top_p=1.0, max_new_tokens=new_tokens, seed=base.sampling.seed))
     prompts = load_prompts(PromptSource(embedded="eval", limit=payload["greedy_prompts"]))
     greedy, ids = {}, {}
     for backend in ("transformers", "vllm"):  # transformers first: vLLM then takes what is left of the GPU

@@ -8,6 +8,7 @@ past its time and one that does not fit in the budget are recorded, and the part
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -208,3 +209,60 @@ def test_a_part_past_its_time_and_the_budget(gpu_check, tmp_path):
     assert out["after"]["status"] == "ok"
     out = run_stubs(gpu_check, tmp_path, [Part("big", lambda ctx: {}, 10, 120, "")], budget_s=60)
     assert out["big"]["status"] == "skipped" and out["big"]["reason"].startswith("time budget")
+
+
+# --------------------------------------------------------------------------- the vLLM child, on a fake vllm
+
+
+def fake_vllm(greedy_ids):
+    """A stand-in ``vllm`` module: greedy requests (temperature 0) of prompt i answer ``greedy_ids[i]``,
+    sampled ones 5 tokens per sample; it records the engines started and the SamplingParams' n."""
+    import types
+
+    module = types.ModuleType("vllm")
+    module.started, module.ns = [], []
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.n, self.temperature = kw["n"], kw["temperature"]
+            module.ns.append(self.n)
+
+    class LLM:
+        def __init__(self, **kw):
+            module.started.append(kw)
+
+        def generate(self, requests, params, use_tqdm=True):
+            def sample(i, j):
+                ids = greedy_ids[i] if params.temperature == 0 else [5, 6, 7, 8, j]
+                return types.SimpleNamespace(index=j, text="", token_ids=ids, finish_reason="length")
+
+            return [types.SimpleNamespace(outputs=[sample(i, j) for j in range(params.n)])
+                    for i in range(len(requests))]
+
+    module.SamplingParams, module.LLM = SamplingParams, LLM
+    return module
+
+
+def test_vllm_child_compares_greedy_ids_and_shares_one_engine(gpu_check, tiny_model_dir, monkeypatch):
+    from rspo.config import PromptSource, SamplingConfig
+    from rspo.generation import generate
+    from rspo.prompts import load_prompts
+
+    base = gpu_check.workflow_config("config.yaml").generation
+    greedy = dataclasses.replace(base, sampling=SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8))
+    rows = generate(str(tiny_model_dir), load_prompts(PromptSource(embedded="eval", limit=2)), greedy, progress=False)
+    ids = [r["token_ids"][0] for r in rows]
+    assert len(ids[1]) > 3
+    vllm_ids = [ids[0], ids[1][:3] + [ids[1][3] + 1] + ids[1][4:]]  # prompt 1 differs from its 4th token on
+    module = fake_vllm(vllm_ids)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+
+    payload = {"model": str(tiny_model_dir), "greedy_prompts": 2, "sample_prompts": 3, "max_new_tokens": 8}
+    r = gpu_check.child_vllm(payload)
+    assert (r["greedy"]["mismatches"], r["greedy"]["first_divergence_positions"]) == (1, [3])
+    assert r["engines"] == len(module.started) == 1  # greedy and both samplings share the engine
+    k = base.sampling.n
+    one, passes = r["sampling"]["per_sample"], r["sampling"]["passes"]
+    assert (one["generate_calls"], passes["generate_calls"]) == (1, k)
+    assert module.ns == [1, k] + [1] * k  # greedy, one request with n=K, K requests with n=1
+    assert one["generated_tokens"] == passes["generated_tokens"] == 3 * k * 5
