@@ -422,7 +422,11 @@ def measure_train_step(ctx: Context, key: str, chunk_size: int | None = None) ->
             "grad_norm": norms[-1],
             "peak_bf16_tflops": peak_tflops,
             "mfu": None if peak_tflops is None else 6 * n * tokens / step_s / (peak_tflops * 1e12),
-            "mfu_formula": "6 * matmul_params * tokens_per_step / step_s / peak (attention FLOPs not counted)",
+            "mfu_formula": (
+                "6 * matmul_params * tokens_per_step / step_s / peak: attention FLOPs and the recomputation of "
+                "gradient checkpointing not counted; the output layer counted at every position, though it "
+                "runs at response positions only"
+            ),
         }
     finally:
         acc.free_memory()  # drops the accelerator's references to the model and optimizer
@@ -538,9 +542,7 @@ def part_pairrm(ctx: Context) -> dict:
     triples = [(p, c[i], c[j]) for p, c in data for i in range(k) for j in range(k) if i != j]
     lengths = [len(r[0]) for r in scorer.rows(triples)]
     judge_sizes = {workflow_config(f).judge.batch_size for f in ("config.yaml", "paper-mistral7b.yaml")}
-    sizes = (
-        [4] if ctx.smoke else sorted(judge_sizes | {32})
-    )  # the judge's batch sizes (default, paper) and 32
+    sizes = [4] if ctx.smoke else sorted(judge_sizes | {32})  # the judge's (default, paper) and 32
     scorer.score_pairs(triples[: max(sizes)], batch_size=max(sizes))  # warm-up (kernels, allocator)
 
     def timed(fn):
@@ -625,7 +627,9 @@ def part_generation(ctx: Context) -> dict:
     tok = build_chat_tokenizer(min(shape.vocab, 4096))
     dtype = resolve_dtype(base.generation.dtype) if ctx.device.startswith("cuda") else None
     model = build_lm(shape, ctx.device, dtype=dtype).eval().requires_grad_(False)
-    out = {"note": "random weights: responses rarely sample EOS, so they run to max_new_tokens"}
+    out = {"note": "random weights: next-token distributions are near uniform, so top-p sorts the whole vocabulary "
+                   "at every step (a trained model's nucleus mostly fits in the 256 candidates looked at first) and "
+                   "responses rarely sample EOS (they run to max_new_tokens)"}
     for name, gcfg in (
         ("generation", base.generation),
         ("evaluation.generation", base.evaluation.generation),
