@@ -55,6 +55,7 @@ EMBEDDED_POLICY = ROOT / "resources" / "models" / "smollm2-135m-instruct"  # the
 #: entry whose key occurs in ``torch.cuda.get_device_name()`` wins (more specific keys first).
 PEAK_BF16_TFLOPS = (
     ("GH200", 989.0),
+    ("H200 NVL", 835.0),
     ("H200", 989.0),
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
