@@ -145,7 +145,9 @@ def collate(seqs: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor], *, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model, batch: dict[str, torch.Tensor], *, chunk_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the labelled tokens of each row, and their counts: two (N,) tensors.
 
     ``batch`` holds right-padded ``input_ids``, ``attention_mask`` and ``labels`` (see

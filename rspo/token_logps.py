@@ -108,8 +108,9 @@ class ChunkedTokenLogps(torch.autograd.Function):
         lse = torch.empty_like(out)
         for s in range(0, n, chunk_size):
             z = _logits(hidden[s : s + chunk_size].to(dtype), w, b, softcap)
-            lse[s : s + chunk_size] = torch.logsumexp(z, dim=-1)
             out[s : s + chunk_size] = z.gather(1, targets[s : s + chunk_size, None]).squeeze(1)
+            top = z.amax(dim=-1, keepdim=True)  # logsumexp in place: no second (chunk, V) tensor
+            lse[s : s + chunk_size] = z.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(1))
         out.sub_(lse)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk_size, ctx.softcap, ctx.dtype = chunk_size, softcap, dtype

@@ -179,6 +179,28 @@ def test_hidden_state_gradients_reach_the_base_model_in_float32():
     assert grads["model.layers.0.self_attn.q_proj.weight"].abs().max() > 0
 
 
+def test_bf16_autocast_chunks_match_the_unchunked_bf16_computation():
+    """Under bf16 autocast both paths round each logit to bf16 once: the sums may differ by that rounding
+    (2 bf16 ulps of the largest logit per token), the gradients by bf16 products summed in another order."""
+    model = _tiny("llama")
+    batch = _batch(97, seed=2)
+    out = {}
+    for chunk in (0, 5):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            sums, counts = sequence_logps(model, batch, chunk_size=chunk)
+        sums.sum().backward()
+        out[chunk] = sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        zmax = model(input_ids=batch["input_ids"]).logits.abs().max().item()
+    eps = torch.finfo(torch.bfloat16).eps
+    assert out[5][0].dtype == torch.float32
+    assert ((out[5][0] - out[0][0]).abs() <= counts * 2 * eps * zmax).all()
+    for name, g in out[5][1].items():
+        ref = out[0][1][name]
+        assert (g - ref).abs().max() <= 2 * eps * ref.abs().max(), name
+
+
 def test_unsupported_models_fall_back_to_the_unchunked_path_with_a_reason(caplog):
     model = _tiny("llama").double()
     batch = _batch(97)
@@ -205,3 +227,36 @@ def test_unsupported_models_fall_back_to_the_unchunked_path_with_a_reason(caplog
     assert layer is None and "ZeRO-3" in reason
     layer, reason = output_layer(model)
     assert layer is not None and layer.module is model.lm_head and layer.softcap is None and reason == ""
+
+
+def test_the_logps_step_and_the_trainer_use_train_logps_chunk_size(tmp_path, tiny_model_dir, monkeypatch):
+    import rspo.logps
+    from rspo.artifacts import read_table, write_table
+    from rspo.commands.logps import cache_logps
+    from rspo.config import TrainConfig
+    from rspo.train import train
+
+    seen = []
+    real = rspo.logps.sequence_logps
+    monkeypatch.setattr(rspo.logps, "sequence_logps", lambda m, b, *, chunk_size=0: seen.append(chunk_size)
+                        or real(m, b, chunk_size=chunk_size))
+    pair = {"prompt_id": "p0", "prompt": "List five fruits.", "chosen": "apple, banana, cherry, mango and pear",
+            "rejected": "apple", "chosen_index": 0, "rejected_index": 1, "p_chosen": 0.6, "p_rejected": 0.4,
+            "scores": [1.0, -1.0]}
+    cfg = TrainConfig(logps_chunk_size=3, per_device_batch_size=1, checkpoint_every=0, learning_rate=1e-5)
+    rows = cache_logps([pair], str(tiny_model_dir), str(tiny_model_dir), cfg)
+    assert seen == [3]  # pi_0 = mu: one scoring pass
+    write_table(tmp_path / "pairs_logps.jsonl", rows, "pairs_logps")
+    train(cfg, pairs=tmp_path / "pairs_logps.jsonl", model=str(tiny_model_dir), out_dir=tmp_path / "model",
+          log_path=tmp_path / "log.jsonl")
+    assert seen == [3, 3]  # one optimizer step
+    assert len(read_table(tmp_path / "log.jsonl", "train_log")) == 1
+
+
+def test_a_negative_chunk_size_is_a_config_error():
+    from rspo.config import ConfigError, TrainConfig
+    from rspo.train import check_config
+
+    check_config(TrainConfig(logps_chunk_size=0))
+    with pytest.raises(ConfigError, match="logps_chunk_size"):
+        check_config(TrainConfig(logps_chunk_size=-1))
