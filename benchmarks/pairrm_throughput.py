@@ -23,12 +23,11 @@ import tempfile
 import time
 
 
-def build_scorer(hidden: int, layers: int, heads: int, seed: int = 0):
-    import torch
-    from safetensors.torch import save_file
-    from transformers import DebertaV2Config, DebertaV2Tokenizer
+def build_tokenizer():
+    """A small Unigram (DeBERTa-v2) tokenizer over ``WORDS`` with PairRM's four prefix tokens appended."""
+    from transformers import DebertaV2Tokenizer
 
-    from rspo.preference.pairrm import PREFIX_TOKENS, PairRMModel, load_pairrm
+    from rspo.preference.pairrm import PREFIX_TOKENS
 
     vocab = [("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0), ("\u2581", -2.0)]
     vocab += [("\u2581" + c, -3.0) for c in string.ascii_lowercase]
@@ -36,6 +35,17 @@ def build_scorer(hidden: int, layers: int, heads: int, seed: int = 0):
     vocab += [("\u2581" + w, -1.0) for w in WORDS]
     tok = DebertaV2Tokenizer(vocab=vocab)
     tok.add_tokens(PREFIX_TOKENS)
+    return tok
+
+
+def build_scorer(hidden: int, layers: int, heads: int, seed: int = 0):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DebertaV2Config
+
+    from rspo.preference.pairrm import PairRMModel, load_pairrm
+
+    tok = build_tokenizer()
     cfg = DebertaV2Config(
         vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=4 * hidden, relative_attention=True, position_buckets=256, max_relative_positions=-1,
