@@ -162,3 +162,22 @@ def fake_hub_cache(tmp_path, monkeypatch, tiny_model_dir, tiny_model_dir_b):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return "rspo-test/tiny", commits[0], commits[1]
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory, tiny_model_dir) -> Path:
+    """One real local run (`--cores 2`) of the tiny workflow config (tests/workflow_config_tiny.yaml:
+    reg = mixed,forward_kl; T = 2; self-BLEU on), shared by tests/test_workflow.py's end-to-end tests and
+    tests/test_slurm.py (which compares its cluster run with it); returns the run folder."""
+    import yaml
+    from test_workflow import TINY_CONFIG, make_workdir, missing_steps, smk
+
+    missing = missing_steps()
+    if missing:
+        pytest.skip(f"steps not implemented yet: {', '.join(missing)}")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["policy"] = str(tiny_model_dir)
+    run = make_workdir(tmp_path_factory.mktemp("e2e"), config)
+    rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
+    assert rc == 0, out
+    return run
