@@ -74,3 +74,22 @@ def test_train_asks_for_num_processes_gpus_and_the_per_process_cpus(config_gpu):
     job, _ = train_job(settings, train, "python")
     job = job_resources("train", job, {**ONE, "generate": 4})
     assert (job["gpu"], job["threads"], job["cpus_per_gpu"], job["runtime"]) == (4, 24, 6, 1440)
+
+
+@pytest.mark.parametrize(
+    "runtime, ok", [("12h", True), ("1h30m", True), (90, True), ("12 hours", False), (0, False)]
+)
+def test_the_schema_checks_runtime_before_any_job(runtime, ok):
+    """What runtime_minutes reads, the config schema accepts; the rest is one line naming the key."""
+    from pathlib import Path
+
+    from rspo.preflight import validate_config
+
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    config = {"resources": {"generate": {"runtime": runtime}}}
+    if ok:
+        validate_config(config, schema)
+        assert runtime_minutes(config["resources"]["generate"]["runtime"]) >= 1
+    else:
+        with pytest.raises(ConfigError, match="resources.generate.runtime"):
+            validate_config(config, schema)
