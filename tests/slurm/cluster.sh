@@ -4,12 +4,13 @@
 #   tests/slurm/cluster.sh start [DIR]   install slurm-wlm + munge if missing, write the configuration
 #                                        into DIR (default: a new temporary folder), start munged,
 #                                        slurmctld and slurmd, wait until the node is idle, and print
-#                                        `export SLURM_CONF=DIR/slurm.conf` (the clients need it)
+#                                        `export SLURM_CONF=DIR/slurm.conf` (also linked from
+#                                        /etc/slurm/slurm.conf while it runs, see below)
 #   tests/slurm/cluster.sh stop DIR      stop every daemon started by `start DIR`, by its PID file,
 #                                        and remove the /etc/slurm/slurm.conf link (see below)
 #
 # Needs root and apt-get (Debian 12: slurm-wlm 22.05). One node `localhost` with every CPU, 80 % of the
-# free memory and 4 fake GPUs (gres without device files: `--gpus=N` schedules, nothing is bound),
+# free memory and 4 fake GPUs (gres over empty files in DIR: `--gpus=N` schedules, nothing is behind them),
 # one partition `ci`. No slurmdbd: job status comes from squeue (the test profile sets
 # `slurm-status-command: squeue`), and MinJobAge keeps finished jobs visible to `squeue --states=all`
 # for an hour. Daemons that were already running (a munged of the host) are used and left alone.
