@@ -197,3 +197,22 @@ def reward_tol(model_dir: Path) -> float:
                       for k in ("hidden_size", "num_hidden_layers"))
     scale = state["score.weight"].norm().item() * state["model.norm.weight"].abs().max().item() * hidden**0.5
     return f32_tol(scale, (layers + 1) * hidden)
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory, tiny_model_dir) -> Path:
+    """One real local run (`--cores 2`) of the tiny workflow config (tests/workflow_config_tiny.yaml:
+    reg = mixed,forward_kl; T = 2; self-BLEU on), shared by tests/test_workflow.py's end-to-end tests and
+    tests/test_slurm.py (which compares its cluster run with it); returns the run folder."""
+    import yaml
+    from test_workflow import TINY_CONFIG, make_workdir, missing_steps, smk
+
+    missing = missing_steps()
+    if missing:
+        pytest.skip(f"steps not implemented yet: {', '.join(missing)}")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["policy"] = str(tiny_model_dir)
+    run = make_workdir(tmp_path_factory.mktemp("e2e"), config)
+    rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
+    assert rc == 0, out
+    return run

@@ -106,7 +106,8 @@ DRY_RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
                         "evaluation: {self_bleu: {enabled: true}}\n"},
     ),
     "slurm": (
-        ("-n", "--profile", "slurm", "--configfile", PAPER, "overlay.yaml", "--config", "reg=mixed"),
+        ("-n", "--profile", "slurm", "--profile", "profiles/site-example", "--configfile", PAPER, "overlay.yaml",
+         "--config", "reg=mixed"),
         {"gpt4_turbo_outputs.json": "[]", "overlay.yaml": "evaluation: {reference: gpt4_turbo_outputs.json}\n"},
     ),
     "paper_llama3": (("-n", "-p", "--configfile", LLAMA3, "overlay.yaml"), PAPER_FILES),
@@ -421,12 +422,19 @@ def test_slurm_profile_resolves_gpu_resources(dry):
     assert "prepare_models" not in counts
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, re.M | re.S)
     resources = {rule: re.search(r"resources: (.*)", block).group(1) for rule, block in blocks}
+    # the site profile (profiles/site-example) adds partition, account, QoS, GPU model and constraint
     for rule in ("generate", "train", "logps", "score", "eval_generate"):
         assert "gpu=1" in resources[rule] and "gpu_jobs=1" in resources[rule], (rule, resources[rule])
-        assert "slurm_partition=gpu" in resources[rule], (rule, resources[rule])
+        assert "cpus_per_gpu=8" in resources[rule], (rule, resources[rule])  # threads 8 / 1 GPU (rspo.sizing)
+        for setting in ("slurm_partition=gpu", "slurm_account=my_project", "qos=normal", "gpu_model=a100",
+                        "constraint=a100_80gb"):
+            assert setting in resources[rule], (rule, setting, resources[rule])
     assert "runtime=1440" in resources["train"] and "mem_mb=128000" in resources["train"]
+    # a shard job is sized for its shard: the paper's 12 h generation in 4 jobs, 240 min scoring in 2
+    assert re.search(r"\bruntime=190\b", resources["generate"]) and re.search(r"\bruntime=130\b", resources["score"])
     assert "gpu=" not in resources["pairs"] and "slurm_partition=cpu" in resources["pairs"]
-    assert "gpu=0" in resources["annotate"]  # the GPT-4-turbo annotator is an API call
+    assert "slurm_account=my_project" in resources["pairs"]
+    assert "gpu=0" in resources["annotate"] and "slurm_partition=cpu" in resources["annotate"]  # GPT-4-turbo: an API
 
 
 def test_gpu_rules_run_the_gpu_python_and_train_runs_accelerate_launch(dry):
@@ -473,18 +481,7 @@ def missing_steps() -> list[str]:
     return [s for s in STEPS if importlib.util.find_spec(f"rspo.commands.{COMMANDS[s][0]}") is None]
 
 
-@pytest.fixture(scope="module")
-def e2e(tmp_path_factory, tiny_model_dir):
-    """One real run of the tiny config (reg = mixed,forward_kl; T = 2; self-BLEU on)."""
-    missing = missing_steps()
-    if missing:
-        pytest.skip(f"steps not implemented yet: {', '.join(missing)}")
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["policy"] = str(tiny_model_dir)
-    run = make_workdir(tmp_path_factory.mktemp("e2e"), config)
-    rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
-    assert rc == 0, out
-    return run
+# the run itself is the session fixture `e2e` of tests/conftest.py (tests/test_slurm.py compares with it)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from rspo.preflight import (
     is_dry_run,
     validate_config,
 )
+from rspo.sizing import job_resources
 
 # Every config error (schema, relations, paths, hub ids offline) is ONE line on stderr and exit
 # status 1, before anything is planned: rspo.preflight.
@@ -380,12 +381,17 @@ def rule_settings(name):
     return merged
 
 
+def job_settings(name):
+    """One job's threads and resources: rule_settings sized per job (rspo.sizing: per shard)."""
+    return job_resources(name, rule_settings(name), config["shards"])
+
+
 def rule_threads(name):
-    return rule_settings(name)["threads"]
+    return job_settings(name)["threads"]
 
 
 def rule_resources(name):
-    return {k: v for k, v in rule_settings(name).items() if k != "threads"}
+    return {k: v for k, v in job_settings(name).items() if k != "threads"}
 
 
 def conda_env(name):

@@ -11,6 +11,8 @@ try:
     TRAIN_SETTINGS, TRAIN_LAUNCH = train_job(
         rule_settings("train"), config["train"], config["gpu_python"]
     )
+    # sized after the launch settings: cpus_per_gpu is per process (rspo.sizing)
+    TRAIN_SETTINGS = job_resources("train", TRAIN_SETTINGS, config["shards"])
 except ConfigError as exc:
     raise WorkflowError(f"config {exc}") from None
 
