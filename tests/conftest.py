@@ -162,3 +162,19 @@ def fake_hub_cache(tmp_path, monkeypatch, tiny_model_dir, tiny_model_dir_b):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return "rspo-test/tiny", commits[0], commits[1]
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory, tiny_model_dir) -> Path:
+    """One real run of the tiny workflow (tests/workflow_config_tiny.yaml: reg = mixed,forward_kl; T = 2;
+    self-BLEU on), shared by the session: the end-to-end tests of test_workflow.py read it, and
+    test_reproducibility.py compares a killed-and-resumed run with it byte for byte."""
+    from test_workflow import make_workdir, missing_steps, smk, tiny_e2e_config
+
+    missing = missing_steps()
+    if missing:
+        pytest.skip(f"steps not implemented yet: {', '.join(missing)}")
+    run = make_workdir(tmp_path_factory.mktemp("e2e"), tiny_e2e_config(tiny_model_dir))
+    rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
+    assert rc == 0, out
+    return run

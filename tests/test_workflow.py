@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -472,18 +473,16 @@ def missing_steps() -> list[str]:
     return [s for s in STEPS if importlib.util.find_spec(f"rspo.commands.{COMMANDS[s][0]}") is None]
 
 
-@pytest.fixture(scope="module")
-def e2e(tmp_path_factory, tiny_model_dir):
-    """One real run of the tiny config (reg = mixed,forward_kl; T = 2; self-BLEU on)."""
-    missing = missing_steps()
-    if missing:
-        pytest.skip(f"steps not implemented yet: {', '.join(missing)}")
+def tiny_e2e_config(policy: Path) -> dict:
+    """The tiny config of the end-to-end run (tests/conftest.py's ``e2e``) with ``policy`` as pi_0, the CPU
+    kernels pinned at AVX2 where the machine has it (so the run checks that the pin reaches every step)."""
+    from rspo.determinism import cpu_flags
+
     config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["policy"] = str(tiny_model_dir)
-    run = make_workdir(tmp_path_factory.mktemp("e2e"), config)
-    rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
-    assert rc == 0, out
-    return run
+    config["policy"] = str(policy)
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= cpu_flags():
+        config["cpu_isa"] = "avx2"
+    return config
 
 
 @pytest.mark.slow

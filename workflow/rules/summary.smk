@@ -7,6 +7,7 @@ rule summarize:
         summary_inputs(),
     output:
         index="results/summary_index.json",
+        manifest="results/manifest.json",
         csv=report(
             "results/summary.csv",
             caption="../report/summary.rst",
@@ -42,8 +43,10 @@ rule summarize:
         index=as_json(summary_index()),
         out_dir=out_dir,
         policy=config["policy"],
+        run_config=as_json(config),
     shell:
         "printf '%s\\n' {params.index:q} > {output.index:q}"
-        " && python -m rspo --threads {threads} summarize"
+        " && python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} summarize"
         " --index {output.index:q} --out-dir {params.out_dir:q} --policy {params.policy:q}"
+        " --manifest {output.manifest:q} --run-config {params.run_config:q}"
         " > {log:q} 2>&1"
