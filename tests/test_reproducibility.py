@@ -43,7 +43,7 @@ def artefacts(run: Path) -> dict[str, bytes]:
 
 
 def processes_in(run: Path) -> list[int]:
-    """Processes (of this user) whose working folder is ``run``: Snakemake and its jobs."""
+    """Processes whose working folder is ``run`` (Snakemake changes into ``--directory``): Snakemake and its jobs."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -88,7 +88,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(e2e, tmp_path, tiny_
     for kill in range(KILLS):
         delay = rng.uniform(2.0, 25.0)
         with open(tmp_path / f"kill{kill}.log", "w") as log:
-            proc = subprocess.Popen(command, cwd=run, env=env, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # its own process group, Snakemake and jobs
             try:
                 proc.wait(timeout=delay)
