@@ -14,9 +14,11 @@ file in place.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -157,18 +159,34 @@ def apply_default_modes(root: str | Path) -> None:
         path.chmod(dir_mode if path.is_dir() else file_mode)
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files (or folders) that killed writes of ``path`` left beside it.
+
+    One job writes a given output at a time (Snakemake's rule), so a ``.<name>.*.tmp`` sibling at
+    the start of a write can only be the leftover of a write that was killed (``kill -9``: no
+    ``finally`` ran)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary file gets the mode a plain ``open()`` would give (``mkstemp`` makes it 0600), so
-    results are as readable as the umask allows. A failure to write (disk full, read-only folder:
+    results are as readable as the umask allows; the leftovers of killed writes of ``path`` are removed
+    first (:func:`remove_stale_temporaries`). A failure to write (disk full, read-only folder:
     any ``OSError`` in the block or the rename) raises :class:`ArtifactError` in one line; the
     temporary file is removed and a previous ``path`` stays as it was.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise ArtifactError(write_error(path, exc)) from None

@@ -223,7 +223,7 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
     import tempfile
     import time
 
-    from rspo.artifacts import apply_default_modes, file_sha256, manifest
+    from rspo.artifacts import apply_default_modes, file_sha256, manifest, remove_stale_temporaries
 
     log = logging.getLogger(__name__)
     out_dir = Path(out_dir).expanduser()
@@ -255,6 +255,7 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
 
     start = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # a killed conversion's folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

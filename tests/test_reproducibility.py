@@ -132,6 +132,7 @@ def test_every_model_folder_and_results_carry_a_manifest(e2e):
     """Config, commit, package versions, the kernel settings the run used, and inputs with digests."""
     import torch
     import transformers
+    from test_workflow import tiny_e2e_config
 
     res = e2e / "results"
     top = read_json(res / "manifest.json")
@@ -139,11 +140,13 @@ def test_every_model_folder_and_results_carry_a_manifest(e2e):
         res / "mixed" / "iter1" / "model" / "manifest.json")["inputs"]["model"]["path"])
     inputs = top["inputs"]
     assert inputs["mixed/iter2/metrics"]["path"] == "results/mixed/eval/pi2/metrics.json"
-    assert len(inputs) == 1 + 2 * (3 * 2 + 2 * 2) - 2  # index; per reg 3 iterates x (metrics, self_bleu) and
-    # 2 train logs + 2 pairs_stats; pi_0's and iteration 1's pairs_stats are shared by the two regs
+    # the index, and per reg: pi_0..pi_2's metrics and self-BLEU, 2 train logs, 2 pairs_stats; pi_0's two
+    # files and iteration 1's pairs_stats (results/base/iter1) are the same for both regs and listed once
+    assert len(inputs) == 1 + 2 * (3 * 2 + 2 + 2) - 3
     for entry in inputs.values():
         assert entry["sha256"] == file_sha256(e2e / entry["path"])
-    pinned = tiny_avx2(top)
+    assert "resources" not in top["config"] and "cpu_isa" not in top["config"]  # they rerun nothing
+    pinned = tiny_e2e_config(Path(top["config"]["policy"])).get("cpu_isa") == "avx2"
     for reg in ("mixed", "forward_kl"):
         for t in (1, 2):
             meta = read_json(res / reg / f"iter{t}" / "model" / "manifest.json")
@@ -159,5 +162,18 @@ def test_every_model_folder_and_results_carry_a_manifest(e2e):
                 assert compute["env"]["MKL_CBWR"] == "AVX2" and compute["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
-def tiny_avx2(manifest: dict) -> bool:
-    return manifest["config"].get("cpu_isa") == "avx2"
+
+def test_a_killed_writes_leftovers_are_removed_by_the_next_write(tmp_path):
+    """kill -9 runs no ``finally``: the temporary file of a killed write stays. The next write of the same
+    file removes it (and a killed conversion's folder); other files' temporaries are not touched."""
+    from rspo.artifacts import write_text
+
+    stale = tmp_path / ".pairs.jsonl.k1ll3d.tmp"
+    stale.write_text("half a tab")
+    stale_dir = tmp_path / ".pairs.jsonl.abc.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "x").write_text("partial")
+    other = tmp_path / ".responses.jsonl.k1ll3d.tmp"
+    other.write_text("another output's write, maybe running")
+    write_text(tmp_path / "pairs.jsonl", "complete\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".responses.jsonl.k1ll3d.tmp", "pairs.jsonl"]

@@ -1,5 +1,17 @@
 # results/summary.{csv,md}, the plots and the paper comparison over every (reg, iteration) of
-# this run; all of them go into `snakemake --report results/report.html`.
+# this run; all of them go into `snakemake --report results/report.html`. results/manifest.json is the
+# run manifest of results/ (docs/artefacts.md).
+
+
+def run_config():
+    """The config recorded in results/manifest.json: every key but the execution settings, which
+    rerun nothing when changed (each step's manifest records the kernels and threads it ran with).
+    """
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in ("resources", "gpu_python", "cpu_isa")
+    }
 
 
 rule summarize:
@@ -43,7 +55,7 @@ rule summarize:
         index=as_json(summary_index()),
         out_dir=out_dir,
         policy=config["policy"],
-        run_config=as_json(config),
+        run_config=as_json(run_config()),
     shell:
         "printf '%s\\n' {params.index:q} > {output.index:q}"
         " && python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} summarize"
