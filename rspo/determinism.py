@@ -5,7 +5,7 @@ the same config and seeds give byte-identical generations, log-probs and weights
 bytes is the instruction set of the kernels: ATen picks its vectorised kernels by the CPU's ISA
 (AVX-512, AVX2 or scalar: ``torch.backends.cpu.get_cpu_capability()``), and MKL and oneDNN pick
 theirs the same way. A wider vector sums in another order, so an AVX-512 machine and an AVX2 one
-round differently (logits differ by ~1e-5), and sampled tokens diverge over a run.
+round differently (SmolLM2's fp32 logits by up to 5e-5), and sampled tokens diverge over a run.
 
 ``cpu_isa: avx2`` (config key, ``rspo --cpu-isa``) caps all three libraries at AVX2 through their
 environment variables, which must be set before torch is imported, so that every x86-64 machine with
