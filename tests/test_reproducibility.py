@@ -153,7 +153,8 @@ def test_every_model_folder_and_results_carry_a_manifest(e2e):
             assert meta["packages"]["torch"] == torch.__version__
             assert meta["packages"]["transformers"] == transformers.__version__
             assert meta["python"] == ".".join(map(str, sys.version_info[:3]))
-            assert meta["config"]["regularizer_name"] == reg and meta["git_commit"] == top["git_commit"]
+            assert meta["config"]["regularizer"] == top["config"]["regularizers"][reg]
+            assert meta["git_commit"] == top["git_commit"]
             assert meta["inputs"]["pairs"]["sha256"] == file_sha256(e2e / meta["inputs"]["pairs"]["path"])
             compute = meta["compute"]
             assert compute["torch_threads"] == 1 and compute["deterministic_algorithms"] is True
