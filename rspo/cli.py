@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from rspo import __version__
-from rspo.determinism import CPU_ISAS
+from rspo.determinism import CPU_ISA_ENV, CPU_ISAS
 
 # name -> (module under rspo.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cpu-isa",
         choices=CPU_ISAS,
-        default="native",
-        help="cap the CPU kernels of torch, MKL and oneDNN at this instruction set (config key cpu_isa): avx2 gives "
-        "the same bytes on every x86-64 machine with AVX2, native (default) each machine's fastest kernels "
-        "(rspo.determinism)",
+        default=os.environ.get(CPU_ISA_ENV) or "native",
+        help=f"cap the CPU kernels of torch, MKL and oneDNN at this instruction set: avx2 runs the same kernels on "
+        f"every x86-64 machine with AVX2, native each machine's fastest (default: ${CPU_ISA_ENV}, which the workflow "
+        "sets from the config key cpu_isa, else native; rspo.determinism)",
     )
     sub = parser.add_subparsers(dest="command", metavar="STEP")
     for name, (module, help_) in COMMANDS.items():

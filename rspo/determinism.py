@@ -7,7 +7,7 @@ bytes is the instruction set of the kernels: ATen picks its vectorised kernels b
 theirs the same way. A wider vector sums in another order, so an AVX-512 machine and an AVX2 one
 round differently (SmolLM2's fp32 logits by up to 5e-5), and sampled tokens diverge over a run.
 
-``cpu_isa: avx2`` (config key, ``rspo --cpu-isa``) caps all three libraries at AVX2 through their
+``cpu_isa: avx2`` (config key, passed to the jobs as ``RSPO_CPU_ISA``; ``rspo --cpu-isa``) caps all three libraries at AVX2 through their
 environment variables, which must be set before torch is imported, so that every x86-64 machine with
 AVX2 runs the same kernels; ``native`` (the default) lets each machine use its best ones.
 """
@@ -27,8 +27,10 @@ ISA_ENV: dict[str, dict[str, str]] = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
 CPU_ISAS = tuple(ISA_ENV)
+# the default of ``rspo --cpu-isa``: the workflow sets it from the config key ``cpu_isa`` for its jobs
+CPU_ISA_ENV = "RSPO_CPU_ISA"
 # what the manifest records of the environment (thread counts and the ISA caps)
-RECORDED_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+RECORDED_ENV = ("RSPO_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def cpu_flags() -> set[str]:

@@ -130,3 +130,16 @@ def _installed(name: str) -> bool:
     except metadata.PackageNotFoundError:
         return False
     return True
+
+
+def test_the_workflow_hands_cpu_isa_to_every_step_through_the_environment(monkeypatch):
+    """common.smk sets RSPO_CPU_ISA from the config for its jobs; it is the default of ``rspo --cpu-isa``
+    (that it reaches torch in a real run: test_reproducibility.py's manifest test)."""
+    from rspo.cli import build_parser
+
+    argv = ["summarize", "--index", "i.json", "--out-dir", "o"]
+    monkeypatch.delenv(determinism.CPU_ISA_ENV, raising=False)
+    assert build_parser().parse_args(argv).cpu_isa == "native"
+    monkeypatch.setenv(determinism.CPU_ISA_ENV, "avx2")
+    assert build_parser().parse_args(argv).cpu_isa == "avx2"
+    assert build_parser().parse_args(["--cpu-isa", "native", *argv]).cpu_isa == "native"

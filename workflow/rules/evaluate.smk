@@ -25,7 +25,7 @@ rule eval_generate:
         generation=EVAL_GENERATE_PARAMS,
         shard=shard_arg,
     shell:
-        "{params.python:q} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} {params.shard} > {log:q} 2>&1"
 
@@ -51,7 +51,7 @@ if config["shards"]["eval_generate"] > 1:
         resources:
             **rule_resources("eval_generate_merge"),
         shell:
-            "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} merge --kind responses"
+            "python -m rspo --threads {threads} merge --kind responses"
             " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
 
     rule selfbleu_generate_merge:
@@ -73,7 +73,7 @@ if config["shards"]["eval_generate"] > 1:
         resources:
             **rule_resources("selfbleu_generate_merge"),
         shell:
-            "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} merge --kind responses"
+            "python -m rspo --threads {threads} merge --kind responses"
             " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
 
 
@@ -95,7 +95,7 @@ rule eval_outputs:
     params:
         generator=generator_name,
     shell:
-        "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} eval-outputs"
+        "python -m rspo --threads {threads} eval-outputs"
         " --responses {input:q} --out {output:q}"
         " --generator {params.generator:q} > {log:q} 2>&1"
 
@@ -120,7 +120,7 @@ rule annotate:
         annotator=ANNOTATOR_PARAMS,
         seed=config["evaluation"]["seed"],
     shell:
-        "{params.python:q} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} annotate"
+        "{params.python:q} -m rspo --threads {threads} annotate"
         " --outputs {input.outputs:q} --reference {input.reference:q}"
         " --out {output:q} --params {params.annotator:q} --seed {params.seed} > {log:q} 2>&1"
 
@@ -144,7 +144,7 @@ rule metrics:
     params:
         df_gamed=df_gamed_arg,
     shell:
-        "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} metrics"
+        "python -m rspo --threads {threads} metrics"
         " {input.annotations:q} --json {params.df_gamed}"
         " --out {output:q} > {log:q} 2>&1"
 
@@ -172,7 +172,7 @@ rule selfbleu_generate:
         generation=SELFBLEU_GENERATE_PARAMS,
         shard=shard_arg,
     shell:
-        "{params.python:q} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} {params.shard} > {log:q} 2>&1"
 
@@ -193,5 +193,5 @@ rule self_bleu:
     resources:
         **rule_resources("self_bleu"),
     shell:
-        "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} self-bleu"
+        "python -m rspo --threads {threads} self-bleu"
         " --responses {input:q} --out {output:q} > {log:q} 2>&1"

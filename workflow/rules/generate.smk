@@ -24,7 +24,7 @@ rule generate:
         generation=GENERATE_PARAMS,
         shard=shard_arg,
     shell:
-        "{params.python:q} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} {params.shard} > {log:q} 2>&1"
 
@@ -50,7 +50,7 @@ rule generate_ref:
         generation=REF_GENERATE_PARAMS,
         shard=shard_arg,
     shell:
-        "{params.python:q} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} generate"
+        "{params.python:q} -m rspo --threads {threads} generate"
         " --model {params.model:q} --prompts {input.prompts:q}"
         " --out {output:q} --params {params.generation:q} {params.shard} > {log:q} 2>&1"
 
@@ -74,7 +74,7 @@ if config["shards"]["generate"] > 1:
         resources:
             **rule_resources("generate_merge"),
         shell:
-            "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} merge --kind responses"
+            "python -m rspo --threads {threads} merge --kind responses"
             " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
 
     rule generate_ref_merge:
@@ -94,5 +94,5 @@ if config["shards"]["generate"] > 1:
         resources:
             **rule_resources("generate_ref_merge"),
         shell:
-            "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} merge --kind responses"
+            "python -m rspo --threads {threads} merge --kind responses"
             " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"

@@ -26,7 +26,7 @@ rule logps:
         train=LOGPS_PARAMS,
         shard=shard_arg,
     shell:
-        "{params.python:q} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} logps"
+        "{params.python:q} -m rspo --threads {threads} logps"
         " --pairs {input.pairs:q} --last-model {params.last_model:q}"
         " --ref-model {params.ref_model:q} --out {output:q} --params {params.train:q}"
         " {params.shard} > {log:q} 2>&1"
@@ -51,5 +51,5 @@ if config["shards"]["logps"] > 1:
         resources:
             **rule_resources("logps_merge"),
         shell:
-            "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} merge --kind pairs_logps"
+            "python -m rspo --threads {threads} merge --kind pairs_logps"
             " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"

@@ -15,5 +15,5 @@ rule prepare_models:
     resources:
         **rule_resources("prepare_models"),
     shell:
-        "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} prepare-models"
+        "python -m rspo --threads {threads} prepare-models"
         " --out {output:q} > {log:q} 2>&1"

@@ -19,6 +19,6 @@ rule pairs:
     resources:
         **rule_resources("pairs"),
     shell:
-        "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} pairs"
+        "python -m rspo --threads {threads} pairs"
         " --responses {input.responses:q} --preferences {input.preferences:q}"
         " --out {output.pairs:q} --stats {output.stats:q} > {log:q} 2>&1"

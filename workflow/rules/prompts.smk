@@ -18,5 +18,5 @@ rule prepare_prompts:
     params:
         source=prompt_params,
     shell:
-        "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} prepare-prompts"
+        "python -m rspo --threads {threads} prepare-prompts"
         " --params {params.source:q} --out {output:q} > {log:q} 2>&1"

@@ -21,7 +21,7 @@ rule score:
         judge=JUDGE_PARAMS,
         shard=shard_arg,
     shell:
-        "{params.python:q} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} score"
+        "{params.python:q} -m rspo --threads {threads} score"
         " --responses {input:q} --out {output:q}"
         " --params {params.judge:q} {params.shard} > {log:q} 2>&1"
 
@@ -45,5 +45,5 @@ if config["shards"]["score"] > 1:
         resources:
             **rule_resources("score_merge"),
         shell:
-            "python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} merge --kind preferences"
+            "python -m rspo --threads {threads} merge --kind preferences"
             " --source {input.source:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"

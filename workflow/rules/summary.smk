@@ -3,17 +3,6 @@
 # run manifest of results/ (docs/artefacts.md).
 
 
-def run_config():
-    """The config recorded in results/manifest.json: every key but the execution settings, which
-    rerun nothing when changed (each step's manifest records the kernels and threads it ran with).
-    """
-    return {
-        k: v
-        for k, v in config.items()
-        if k not in ("resources", "gpu_python", "cpu_isa")
-    }
-
-
 rule summarize:
     input:
         summary_inputs(),
@@ -58,7 +47,7 @@ rule summarize:
         run_config=as_json(run_config()),
     shell:
         "printf '%s\\n' {params.index:q} > {output.index:q}"
-        " && python -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} summarize"
+        " && python -m rspo --threads {threads} summarize"
         " --index {output.index:q} --out-dir {params.out_dir:q} --policy {params.policy:q}"
         " --manifest {output.manifest:q} --run-config {params.run_config:q}"
         " > {log:q} 2>&1"

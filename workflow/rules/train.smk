@@ -39,7 +39,7 @@ rule train:
         ref_samples=ref_samples_arg,
         train=train_params,
     shell:
-        "{params.launch} -m rspo --threads {threads} --cpu-isa {config[cpu_isa]} train"
+        "{params.launch} -m rspo --threads {threads} train"
         " --pairs {input.pairs:q} --model {params.model:q}"
         " --out {output.model:q} --log {output.train_log:q} --params {params.train:q}"
         " {params.ref_samples} > {log:q} 2>&1"
