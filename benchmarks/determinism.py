@@ -66,9 +66,17 @@ def child(args) -> None:
         torch.use_deterministic_algorithms(True)
     tok = load_tokenizer(args.model, padding_side="left")
     model = load_causal_lm(args.model, dtype="fp32", trainable=True).eval()  # eval mode, gradients on
-    batch = tok([tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 + "Sure. Here is a longer answer that the model scores token by token." for p in PROMPTS],
-                return_tensors="pt", padding=True)
+    batch = tok(
+        [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            + "Sure. Here is a longer answer that the model scores token by token."
+            for p in PROMPTS
+        ],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         logits = model(**batch).logits.float().numpy()
     np.save(args.out / "logits.npy", logits)
@@ -76,19 +84,35 @@ def child(args) -> None:
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     model(**batch, labels=labels).loss.backward()
     grad_seconds = time.process_time() - start
-    grads = hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in model.parameters() if p.grad is not None))
+    grads = hashlib.sha256(
+        b"".join(p.grad.numpy().tobytes() for p in model.parameters() if p.grad is not None)
+    )
     model.zero_grad(set_to_none=True)
-    cfg = GenerateConfig(batch_size=4, dtype="fp32",
-                         sampling=SamplingConfig(n=2, temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens))
+    cfg = GenerateConfig(
+        batch_size=4,
+        dtype="fp32",
+        sampling=SamplingConfig(n=2, temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens),
+    )
     start = time.process_time()
     with torch.no_grad():
-        outs = generate_with_model(model, tok, [str(i) for i in range(len(PROMPTS))], PROMPTS, cfg, progress=False)
+        outs = generate_with_model(
+            model, tok, [str(i) for i in range(len(PROMPTS))], PROMPTS, cfg, progress=False
+        )
     seconds = time.process_time() - start
     ids = [[list(c.token_ids) for c in o] for o in outs]
-    (args.out / "result.json").write_text(json.dumps({
-        "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-        "ids": ids, "seconds": seconds, "grad_seconds": grad_seconds,
-        "grads_sha256": grads.hexdigest(), "logits_sha256": hashlib.sha256(logits.tobytes()).hexdigest()}))
+    (args.out / "result.json").write_text(
+        json.dumps(
+            {
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(),
+                "ids": ids,
+                "seconds": seconds,
+                "grad_seconds": grad_seconds,
+                "grads_sha256": grads.hexdigest(),
+                "logits_sha256": hashlib.sha256(logits.tobytes()).hexdigest(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -114,8 +138,23 @@ def main() -> None:
             out.mkdir()
             env = {k: v for k, v in os.environ.items() if k not in AVX2_ALL}
             env.update(extra, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-            subprocess.run([sys.executable, __file__, "--child", "--model", args.model, "--threads", str(threads),
-                            "--max-new-tokens", str(args.max_new_tokens), "--out", str(out)], env=env, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--model",
+                    args.model,
+                    "--threads",
+                    str(threads),
+                    "--max-new-tokens",
+                    str(args.max_new_tokens),
+                    "--out",
+                    str(out),
+                ],
+                env=env,
+                check=True,
+            )
             res = json.loads((out / "result.json").read_text())
             logits = np.load(out / "logits.npy").astype(np.float64)
             if ref is None:
@@ -123,12 +162,24 @@ def main() -> None:
             diff = float(np.abs(logits - ref[1]).max())
             same = sum(a == b for o, r in zip(res["ids"], ref[0]["ids"]) for a, b in zip(o, r))
             total = sum(len(o) for o in res["ids"])
-            rows.append((label, res["capability"], res["threads"], res["logits_sha256"][:12], f"{diff:.2e}",
-                         f"{same}/{total}", res["grads_sha256"][:12], f"{res['seconds']:.1f}",
-                         f"{res['grad_seconds']:.2f}"))
+            rows.append(
+                (
+                    label,
+                    res["capability"],
+                    res["threads"],
+                    res["logits_sha256"][:12],
+                    f"{diff:.2e}",
+                    f"{same}/{total}",
+                    res["grads_sha256"][:12],
+                    f"{res['seconds']:.1f}",
+                    f"{res['grad_seconds']:.2f}",
+                )
+            )
             print(" | ".join(map(str, rows[-1])), flush=True)
-    print("\n| setting | ATen capability | threads | logits sha256 | max abs diff | samples equal | gradients sha256 "
-          "| generation CPU s | fwd+bwd CPU s |")
+    print(
+        "\n| setting | ATen capability | threads | logits sha256 | max abs diff | samples equal | gradients sha256 "
+        "| generation CPU s | fwd+bwd CPU s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")

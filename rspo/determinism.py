@@ -30,7 +30,14 @@ CPU_ISAS = tuple(ISA_ENV)
 # the default of ``rspo --cpu-isa``: the workflow sets it from the config key ``cpu_isa`` for its jobs
 CPU_ISA_ENV = "RSPO_CPU_ISA"
 # what the manifest records of the environment (thread counts and the ISA caps)
-RECORDED_ENV = ("RSPO_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+RECORDED_ENV = (
+    "RSPO_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "ONEDNN_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 def cpu_flags() -> set[str]:
@@ -71,7 +78,9 @@ def pin_cpu_isa(level: str, environ: dict[str, str] | None = None) -> None:
     if not wanted:
         return
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise RSPOError(f"cpu_isa: {level} is an x86-64 instruction set, this machine is {platform.machine()}")
+        raise RSPOError(
+            f"cpu_isa: {level} is an x86-64 instruction set, this machine is {platform.machine()}"
+        )
     flags = cpu_flags()
     if flags and not {"avx2", "fma"} <= flags:
         raise RSPOError(f"cpu_isa: {level}: this CPU has no AVX2/FMA; use cpu_isa: native")
@@ -100,7 +109,9 @@ def settings() -> dict:
     }
     torch = sys.modules.get("torch")
     if torch is not None:  # only when the step imported it (importing it here would cost seconds)
-        out.update(torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                   torch_threads=torch.get_num_threads(),
-                   deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
+        out.update(
+            torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            torch_threads=torch.get_num_threads(),
+            deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+        )
     return out

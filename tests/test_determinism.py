@@ -66,7 +66,9 @@ def test_cli_reports_a_late_pin_in_one_line(x86_with_avx2, monkeypatch, tmp_path
     monkeypatch.setattr(determinism, "torch_loaded", lambda: True)
     for key in AVX2:
         monkeypatch.delenv(key, raising=False)
-    rc = main(["--cpu-isa", "avx2", "summarize", "--index", str(tmp_path / "i.json"), "--out-dir", str(tmp_path)])
+    rc = main(
+        ["--cpu-isa", "avx2", "summarize", "--index", str(tmp_path / "i.json"), "--out-dir", str(tmp_path)]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
     assert err.startswith("rspo summarize: error: cpu_isa: avx2 must be set before torch is imported")
@@ -76,10 +78,14 @@ def test_the_pin_reaches_torch_when_set_before_it_loads():
     """In a fresh interpreter, as every ``rspo`` step starts: torch then dispatches to AVX2 kernels."""
     if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= determinism.cpu_flags():
         pytest.skip("needs an x86-64 CPU with AVX2")
-    code = ("import sys; from rspo.determinism import pin_cpu_isa; pin_cpu_isa(sys.argv[1]); import torch; "
-            "print(torch.backends.cpu.get_cpu_capability())")
+    code = (
+        "import sys; from rspo.determinism import pin_cpu_isa; pin_cpu_isa(sys.argv[1]); import torch; "
+        "print(torch.backends.cpu.get_cpu_capability())"
+    )
     env = {k: v for k, v in os.environ.items() if k not in AVX2}  # an inherited pin would hide a broken one
-    out = subprocess.run([sys.executable, "-c", code, "avx2"], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, "avx2"], capture_output=True, text=True, env=env, check=True
+    )
     assert out.stdout.strip() == "AVX2"
 
 
@@ -95,7 +101,9 @@ def test_manifest_records_versions_compute_and_input_digests(tmp_path):
         "model": {"path": str(tmp_path / "folder"), "sha256": None},  # a folder: its own manifest says more
     }
     packages = meta["packages"]
-    assert packages["torch"] == torch.__version__ and packages["transformers"] == metadata.version("transformers")
+    assert packages["torch"] == torch.__version__ and packages["transformers"] == metadata.version(
+        "transformers"
+    )
     assert packages["vllm"] == (metadata.version("vllm") if _installed("vllm") else None)
     assert meta["python"] == platform.python_version() and meta["git_dirty"] in (True, False, None)
     assert meta["compute"]["machine"] == platform.machine()

@@ -84,12 +84,22 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(e2e, tmp_path, tiny_
     run = make_workdir(tmp_path / "run", tiny_e2e_config(tiny_model_dir)).resolve()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [sys.executable, "-m", "snakemake", "--directory", str(run), "--cores", "2", "--rerun-incomplete"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--directory",
+        str(run),
+        "--cores",
+        "2",
+        "--rerun-incomplete",
+    ]
     for kill in range(KILLS):
         delay = rng.uniform(2.0, 25.0)
         with open(tmp_path / f"kill{kill}.log", "w") as log:
-            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # its own process group, Snakemake and jobs
+            proc = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )  # its own process group, Snakemake and jobs
             try:
                 proc.wait(timeout=delay)
                 finished = True
@@ -123,7 +133,11 @@ def test_a_different_seed_changes_the_generations(e2e, tmp_path, tiny_model_dir)
     new = read_table(run / "results" / "base" / "iter1" / "responses.jsonl", "responses")
     old = read_table(e2e / "results" / "base" / "iter1" / "responses.jsonl", "responses")
     assert [r["prompt"] for r in new] == [r["prompt"] for r in old]
-    pairs = [(a, b) for n, o in zip(new, old, strict=True) for a, b in zip(n["token_ids"], o["token_ids"], strict=True)]
+    pairs = [
+        (a, b)
+        for n, o in zip(new, old, strict=True)
+        for a, b in zip(n["token_ids"], o["token_ids"], strict=True)
+    ]
     assert len(pairs) == 9 and all(a != b for a, b in pairs)
 
 
@@ -136,8 +150,9 @@ def test_every_model_folder_and_results_carry_a_manifest(e2e):
 
     res = e2e / "results"
     top = read_json(res / "manifest.json")
-    assert top["config"]["reg"] == "mixed,forward_kl" and top["config"]["policy"] == str(read_json(
-        res / "mixed" / "iter1" / "model" / "manifest.json")["inputs"]["model"]["path"])
+    assert top["config"]["reg"] == "mixed,forward_kl" and top["config"]["policy"] == str(
+        read_json(res / "mixed" / "iter1" / "model" / "manifest.json")["inputs"]["model"]["path"]
+    )
     inputs = top["inputs"]
     assert inputs["mixed/iter2/metrics"]["path"] == "results/mixed/eval/pi2/metrics.json"
     # the index, and per reg: pi_0..pi_2's metrics and self-BLEU, 2 train logs, 2 pairs_stats; pi_0's two
@@ -161,7 +176,6 @@ def test_every_model_folder_and_results_carry_a_manifest(e2e):
             if pinned:  # the config's cpu_isa reached torch in the job, before torch loaded
                 assert compute["torch_cpu_capability"] == "AVX2"
                 assert compute["env"]["MKL_CBWR"] == "AVX2" and compute["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
-
 
 
 def test_a_killed_writes_leftovers_are_removed_by_the_next_write(tmp_path):
