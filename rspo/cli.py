@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from rspo import __version__
+from rspo.determinism import CPU_ISA_ENV, CPU_ISAS
 
 # name -> (module under rspo.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for torch (default: torch's choice). Set it to the cores the step may use: "
         "oversubscribed threads slow CPU generation down by an order of magnitude. Under `accelerate launch` "
         "they are shared by the processes of the machine (LOCAL_WORLD_SIZE)",
+    )
+    parser.add_argument(
+        "--cpu-isa",
+        choices=CPU_ISAS,
+        default=os.environ.get(CPU_ISA_ENV) or "native",
+        help=f"cap the CPU kernels of torch, MKL and oneDNN at this instruction set: avx2 runs the same kernels on "
+        f"every x86-64 machine with AVX2, native each machine's fastest (default: ${CPU_ISA_ENV}, which the workflow "
+        "sets from the config key cpu_isa, else native; rspo.determinism)",
     )
     sub = parser.add_subparsers(dest="command", metavar="STEP")
     for name, (module, help_) in COMMANDS.items():
@@ -83,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     from rspo import redact
 
     redact.install()  # secret values of the environment never reach a log line or an error message
+    from rspo.determinism import pin_cpu_isa
+    from rspo.errors import RSPOError
+
+    try:
+        pin_cpu_isa(args.cpu_isa)  # before anything imports torch: the libraries read it when they load
+    except RSPOError as exc:
+        print(f"rspo {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     if args.threads:
         from rspo.launch import process_threads
 
@@ -92,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from rspo.artifacts import ArtifactError
     from rspo.config import ConfigError
-    from rspo.errors import RSPOError
 
     mod = importlib.import_module(f"rspo.commands.{args._module}")
     try:

@@ -174,6 +174,7 @@ class RSPOConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     gpu_python: str = "python"  # interpreter of the rules that request a GPU (the GPU job venv)
+    cpu_isa: str = "native"  # CPU kernels' instruction set: native (fastest) or avx2 (same bytes on x86-64 machines)
 
 
 # --------------------------------------------------------------------------- conversion

@@ -159,9 +159,13 @@ def load_tokenizer(ref: str, padding_side: str = "left", chat_template: bool = T
 
 
 def load_causal_lm(ref: str, dtype: str = "auto", device: str | None = None, trainable: bool = False):
-    """``AutoModelForCausalLM`` on ``device`` (default: cuda if available), eval mode unless trainable."""
+    """``AutoModelForCausalLM`` on ``device`` (default: cuda if available), eval mode unless trainable;
+    torch set to deterministic algorithms (:func:`rspo.determinism.deterministic_torch`)."""
     from transformers import AutoModelForCausalLM
 
+    from rspo.determinism import deterministic_torch
+
+    deterministic_torch()
     path, revision = resolve_model(ref, "model")
     pinned = {"revision": revision} if revision else {}
     model = _wrap_hub_errors(
@@ -219,7 +223,7 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
     import tempfile
     import time
 
-    from rspo.artifacts import apply_default_modes, file_sha256
+    from rspo.artifacts import apply_default_modes, file_sha256, manifest, remove_stale_temporaries
 
     log = logging.getLogger(__name__)
     out_dir = Path(out_dir).expanduser()
@@ -251,6 +255,7 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
 
     start = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # a killed conversion's folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -271,6 +276,8 @@ def prepare_smollm2(out_dir: str | Path, force: bool = False) -> Path:
             "seconds": round(time.perf_counter() - start, 1),
         }
         (tmp / CONVERSION_MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        # the run manifest every model folder carries (docs/artefacts.md)
+        (tmp / "manifest.json").write_text(json.dumps(manifest(info, {"gguf": gguf}), indent=2) + "\n")
         apply_default_modes(tmp)  # mkdtemp's 0700 and save_pretrained's 0600 -> what mkdir/open give
         old = None
         if out_dir.exists():

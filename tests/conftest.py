@@ -201,18 +201,16 @@ def reward_tol(model_dir: Path) -> float:
 
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory, tiny_model_dir) -> Path:
-    """One real local run (`--cores 2`) of the tiny workflow config (tests/workflow_config_tiny.yaml:
-    reg = mixed,forward_kl; T = 2; self-BLEU on), shared by tests/test_workflow.py's end-to-end tests and
-    tests/test_slurm.py (which compares its cluster run with it); returns the run folder."""
-    import yaml
-    from test_workflow import TINY_CONFIG, make_workdir, missing_steps, smk
+    """One real run of the tiny workflow (tests/workflow_config_tiny.yaml: reg = mixed,forward_kl; T = 2;
+    self-BLEU on), shared by the session: the end-to-end tests of test_workflow.py read it, and
+    test_reproducibility.py compares a killed-and-resumed run and test_slurm.py a cluster run with it
+    byte for byte."""
+    from test_workflow import make_workdir, missing_steps, smk, tiny_e2e_config
 
     missing = missing_steps()
     if missing:
         pytest.skip(f"steps not implemented yet: {', '.join(missing)}")
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["policy"] = str(tiny_model_dir)
-    run = make_workdir(tmp_path_factory.mktemp("e2e"), config)
+    run = make_workdir(tmp_path_factory.mktemp("e2e"), tiny_e2e_config(tiny_model_dir))
     rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
     assert rc == 0, out
     return run

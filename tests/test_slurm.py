@@ -16,7 +16,6 @@ Needs root (the daemons) and apt-get or an installed slurm-wlm; skipped with the
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -27,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
-from test_workflow import TINY_CONFIG, job_counts, make_workdir, smk
+from test_reproducibility import artefacts
+from test_workflow import job_counts, make_workdir, smk, tiny_e2e_config
 
 from rspo.artifacts import read_table
 
@@ -42,7 +41,6 @@ PROFILES = ("--profile", "slurm", "--profile", str(SITE))
 LOCAL_RULES = {"all", "prepare_prompts", "pairs", "eval_outputs", "metrics", "self_bleu", "summarize"}
 SUBMITTED = re.compile(r"^Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.$", re.M)
 # made only by tests/test_workflow.py::test_e2e_report on the local run
-NOT_COMPARED = {"report.html"}
 
 
 def cannot_run() -> str | None:
@@ -106,8 +104,7 @@ def squeue_jobs() -> dict[str, tuple[str, str, str]]:
 
 
 def tiny_config(policy: Path) -> dict:
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["policy"] = str(policy)
+    config = tiny_e2e_config(policy)  # the local run's config (tests/conftest.py's `e2e`)
     # the model rules ask for one of the cluster's (fake) GPUs: submitted with --gpus=1; nothing uses it
     config["resources"]["gpu_rules"]["gpu"] = 1
     return config
@@ -153,20 +150,12 @@ def test_every_rule_but_the_local_ones_ran_as_a_slurm_job(cluster_run):
 
 
 def test_cluster_artefacts_equal_the_local_run(cluster_run, e2e):
+    """Every file under results/ is byte-equal (manifests without their `created` time)."""
     run, _ = cluster_run
-    local = {p.relative_to(e2e) for p in (e2e / "results").rglob("*") if p.is_file()}
-    remote = {p.relative_to(run) for p in (run / "results").rglob("*") if p.is_file()}
-    local = {p for p in local if p.name not in NOT_COMPARED}
-    remote = {p for p in remote if p.name not in NOT_COMPARED}
-    assert remote == local
-    assert Path("results/summary.csv") in remote and len(remote) > 50
-    differ = [str(p) for p in sorted(remote) if (run / p).read_bytes() != (e2e / p).read_bytes()]
-    # a model's manifest names the checkout's commit: equal unless a commit was made between the two runs
-    manifests = [p for p in differ if p.endswith("manifest.json")]
-    for p in manifests:
-        cluster, here = (json.loads((root / p).read_text()) for root in (run, e2e))
-        assert cluster.pop("git_commit") != here.pop("git_commit") and cluster == here, p
-    assert not set(differ) - set(manifests)
+    remote, local = artefacts(run), artefacts(e2e)
+    assert "results/summary.csv" in remote and len(remote) > 50
+    assert sorted(remote) == sorted(local)
+    assert [p for p in remote if remote[p] != local[p]] == []
 
 
 def test_a_failed_cluster_job_fails_the_run_with_its_log_and_resumes(cluster, tmp_path, tiny_model_dir, e2e):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -450,7 +451,8 @@ def test_gpu_rules_run_the_gpu_python_and_train_runs_accelerate_launch(dry):
     for rule in ("prepare_prompts", "pairs", "annotate", "metrics", "self_bleu", "summarize"):
         cmds = shell_commands(out, rule)
         assert cmds and all(" python -m rspo --threads " in c for c in cmds), rule
-        assert not any(GPU_PYTHON in c or "accelerate" in c for c in cmds), rule
+        # (summarize's --run-config, recorded in results/manifest.json, names train.accelerate_config as data)
+        assert not any(GPU_PYTHON in c or "accelerate.commands.launch" in c for c in cmds), rule
     launch = f"Shell command: {gpu_python} -m accelerate.commands.launch --num_processes 4 --config_file {ZERO3} -m rspo"
     train = shell_commands(out, "train")
     assert len(train) == 3 and all(c.startswith(launch + " --threads ") for c in train), train[0]
@@ -481,7 +483,16 @@ def missing_steps() -> list[str]:
     return [s for s in STEPS if importlib.util.find_spec(f"rspo.commands.{COMMANDS[s][0]}") is None]
 
 
-# the run itself is the session fixture `e2e` of tests/conftest.py (tests/test_slurm.py compares with it)
+def tiny_e2e_config(policy: Path) -> dict:
+    """The tiny config of the end-to-end run (tests/conftest.py's ``e2e``) with ``policy`` as pi_0, the CPU
+    kernels pinned at AVX2 where the machine has it (so the run checks that the pin reaches every step)."""
+    from rspo.determinism import cpu_flags
+
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["policy"] = str(policy)
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= cpu_flags():
+        config["cpu_isa"] = "avx2"
+    return config
 
 
 @pytest.mark.slow

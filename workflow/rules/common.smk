@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 # rspo from this checkout, also when Snakemake runs outside the environment rspo is installed in
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 from rspo.config import ConfigError
+from rspo.determinism import CPU_ISA_ENV
 from rspo.models import looks_like_path
 from rspo.preflight import (
     check_config,
@@ -241,6 +242,17 @@ def summary_inputs():
     return files
 
 
+def run_config():
+    """The config recorded in results/manifest.json: every key but the execution settings, which
+    rerun nothing when changed (each step's manifest records the kernels and threads it ran with).
+    """
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in ("resources", "gpu_python", "cpu_isa")
+    }
+
+
 def out_dir(wildcards, output):
     """The folder of the first output (keeps `results` out of hard-coded params)."""
     return str(Path(output[0]).parent)
@@ -398,6 +410,12 @@ def conda_env(name):
     """The pinned environment of a rule: the GPU one (CUDA torch, vLLM) where it asks for a GPU."""
     gpu = rule_settings(name).get("gpu", 0) > 0
     return "../../envs/gpu.yaml" if gpu else "../../envs/cpu.yaml"
+
+
+# the CPU kernels' instruction set of every rspo step (rspo/determinism.py): jobs inherit this
+# environment variable, which `rspo --cpu-isa` defaults to. An execution setting like `resources`:
+# a change reruns nothing, and each step's manifest records the kernels it ran with.
+os.environ[CPU_ISA_ENV] = config["cpu_isa"]
 
 
 def rule_python(name):

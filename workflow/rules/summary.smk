@@ -1,5 +1,6 @@
 # results/summary.{csv,md}, the plots and the paper comparison over every (reg, iteration) of
-# this run; all of them go into `snakemake --report results/report.html`.
+# this run; all of them go into `snakemake --report results/report.html`. results/manifest.json is the
+# run manifest of results/ (docs/artefacts.md).
 
 
 rule summarize:
@@ -7,6 +8,7 @@ rule summarize:
         summary_inputs(),
     output:
         index="results/summary_index.json",
+        manifest="results/manifest.json",
         csv=report(
             "results/summary.csv",
             caption="../report/summary.rst",
@@ -42,8 +44,10 @@ rule summarize:
         index=as_json(summary_index()),
         out_dir=out_dir,
         policy=config["policy"],
+        run_config=as_json(run_config()),
     shell:
         "printf '%s\\n' {params.index:q} > {output.index:q}"
         " && python -m rspo --threads {threads} summarize"
         " --index {output.index:q} --out-dir {params.out_dir:q} --policy {params.policy:q}"
+        " --manifest {output.manifest:q} --run-config {params.run_config:q}"
         " > {log:q} 2>&1"
