@@ -40,7 +40,6 @@ PROFILES = ("--profile", "slurm", "--profile", str(SITE))
 # rules declared `localrule: True` (they only move files): never submitted
 LOCAL_RULES = {"all", "prepare_prompts", "pairs", "eval_outputs", "metrics", "self_bleu", "summarize"}
 SUBMITTED = re.compile(r"^Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.$", re.M)
-# made only by tests/test_workflow.py::test_e2e_report on the local run
 
 
 def cannot_run() -> str | None:
