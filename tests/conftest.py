@@ -214,3 +214,19 @@ def e2e(tmp_path_factory, tiny_model_dir) -> Path:
     rc, out = smk(run, "--cores", "2", "--show-failed-logs", timeout=1800)
     assert rc == 0, out
     return run
+
+
+@pytest.fixture(scope="session")
+def killed_and_resumed(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny workflow killed (SIGKILL) 5 times at random moments, then resumed to the end
+    (tests/test_reproducibility.py: kill_and_resume); returns the run folder."""
+    from test_reproducibility import kill_and_resume
+
+    return kill_and_resume(tmp_path_factory.mktemp("killed"), tiny_model_dir)
+
+
+def pytest_collection_modifyitems(items):
+    """The SLURM tests first: their cluster run spends most of its time waiting on the queue, and the
+    two local workflow runs they are compared with or run beside (`e2e`, `killed_and_resumed`) are
+    made meanwhile (tests/test_slurm.py's `cluster_run`). Stable: the rest keep their order."""
+    items.sort(key=lambda item: item.path.name != "test_slurm.py")

@@ -70,12 +70,11 @@ def kill_run(proc: subprocess.Popen, run: Path) -> None:
     assert not processes_in(run), "a killed job is still running"
 
 
-@pytest.mark.slow
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(e2e, tmp_path, tiny_model_dir):
+def kill_and_resume(tmp_path: Path, tiny_model_dir: Path) -> Path:
     """KILLS times: start the tiny workflow, SIGKILL everything at a random moment, ``--unlock``; then
-    ``--rerun-incomplete`` to the end. Every artefact equals the uninterrupted run's, byte for byte:
-    no partial file was taken as complete, and the same seed gave the same bytes (RSPO_KILL_SEED
-    replays the kill times of a failed run; the seed is printed)."""
+    ``--rerun-incomplete`` to the end; returns the run folder (conftest.py's session fixture
+    ``killed_and_resumed``, which tests/test_slurm.py computes while its cluster run waits on the queue).
+    RSPO_KILL_SEED replays the kill times of a failed run; the seed is printed."""
     from test_workflow import make_workdir, smk, tiny_e2e_config
 
     seed = int(os.environ.get("RSPO_KILL_SEED", random.SystemRandom().randrange(2**32)))
@@ -113,8 +112,14 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(e2e, tmp_path, tiny_
         assert rc == 0, out
     rc, out = smk(run, "--cores", "2", "--rerun-incomplete", timeout=1800)
     assert rc == 0, out
+    return run
 
-    got, want = artefacts(run), artefacts(e2e)
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(killed_and_resumed, e2e):
+    """Every artefact of the killed-and-resumed run equals the uninterrupted run's, byte for byte: no
+    partial file was taken as complete, and the same seed gave the same bytes."""
+    got, want = artefacts(killed_and_resumed), artefacts(e2e)
     assert sorted(got) == sorted(want)  # no file missing, no temporary or partial file left
     assert [name for name in want if got[name] != want[name]] == []
 

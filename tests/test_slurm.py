@@ -120,12 +120,14 @@ def cluster_run(cluster, tmp_path_factory, tiny_model_dir, request):
         future = pool.submit(smk, run, *PROFILES, timeout=1500)
         try:
             request.getfixturevalue("e2e")
+            # tests/test_reproducibility.py's run, made here to use the time the cluster run waits
+            request.getfixturevalue("killed_and_resumed")
         finally:
             rc, out = future.result()
     seconds = time.monotonic() - start
     assert rc == 0, out
     print(
-        f"\nSLURM run: {len(SUBMITTED.findall(out))} jobs submitted, {seconds:.0f} s (with the local run beside it)"
+        f"\nSLURM run: {len(SUBMITTED.findall(out))} jobs submitted, {seconds:.0f} s (with the two local runs beside it)"
     )
     return run, out
 
